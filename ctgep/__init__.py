@@ -1,0 +1,31 @@
+"""ctgep — continuous-time generalized Equilibrium Propagation.
+
+Leaky-integrator networks with untied weights relax to a fixed point (free phase), are nudged
+toward a target (nudged phase), and learn by the local rule `dW ∝ ∂μ/∂W · ds`.
+"""
+
+from ._activations import ACTIVATIONS as ACTIVATIONS
+from ._dynamics import (
+    AbstractDynamics as AbstractDynamics,
+    EnergyNetwork as EnergyNetwork,
+    LayeredNetwork as LayeredNetwork,
+)
+from ._phases import (
+    PhaseResult as PhaseResult,
+    free_phase as free_phase,
+    nudged_phase as nudged_phase,
+)
+from ._rules import (
+    EPStep as EPStep,
+    as_gradient as as_gradient,
+    endpoint_update as endpoint_update,
+    ep_step as ep_step,
+    ep_update as ep_update,
+)
+from ._solvers import (
+    AbstractPhaseSolver as AbstractPhaseSolver,
+    Adaptive as Adaptive,
+    Euler as Euler,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,132 @@
+"""Learning rules: turn a free and a nudged phase into an update of the parameters (DESIGN §2).
+
+Every rule returns a pytree shaped like the network's trainable parameters (the network
+module with its arrays replaced by updates), with the sign *to be added*: `θ ← θ + α Δθ`.
+It approximates `−∂J/∂θ`, so it is fed to an optax optimiser negated (see :func:`as_gradient`).
+
+* endpoint ν (Eq. 56): `(∂μ/∂θ)ᵀ(s⁰) · (s^β − s⁰)/β`, which for the layered network is
+  `(s_l^β − s_l⁰)/β ⊗ ρ(s_{l−1}⁰)`;
+* integrated ν (Eq. 2, 5): `(1/β) ∫ (∂μ/∂θ)ᵀ(s(t)) ds(t)` along the nudged trajectory,
+  integrated in the same ODE solve as the neurons;
+* continual: the weights move during the nudged phase; the update is `(θ_T − θ_0)/η`.
+
+Nudging: "one-sided" (+β), "random" (±β with a random sign per call) or "centered"
+(+β and −β, averaged, which cancels the O(β) bias).
+"""
+
+import math
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+from ._dynamics import AbstractDynamics
+from ._phases import PhaseResult, _split, free_phase, nudged_phase
+
+Rule = Literal["endpoint", "integrated", "continual"]
+Nudging = Literal["one-sided", "random", "centered"]
+RULES = ("endpoint", "integrated", "continual")
+NUDGINGS = ("one-sided", "random", "centered")
+
+
+class EPStep(eqx.Module, strict=True):
+    """Everything one EP step produced: the update, the free phase and the nudged phases."""
+
+    update: Any
+    free: PhaseResult
+    nudged: tuple[PhaseResult, ...]
+    betas: tuple[Any, ...]
+
+
+def endpoint_update(net: AbstractDynamics, x, s_free, s_nudged, beta):
+    """`(∂μ/∂θ)ᵀ(s⁰) · (s^β − s⁰)/β`, averaged over the batch."""
+    params, static = _split(net)
+    delta = jax.tree_util.tree_map(lambda a, b: (a - b) / beta, s_nudged, s_free)
+
+    def mu_of(p):
+        n = eqx.combine(p, static)
+        return n.vector_field(s_free, n.drive(x))
+
+    _, vjp = jax.vjp(mu_of, params)
+    (g,) = vjp(delta)
+    return jax.tree_util.tree_map(lambda a: a / x.shape[0], g)
+
+
+def _mean(trees):
+    return jax.tree_util.tree_map(lambda *a: sum(a) / len(a), *trees)
+
+
+def as_gradient(update):
+    """The update negated, i.e. a pseudo-gradient an optax optimiser can descend."""
+    return jax.tree_util.tree_map(jnp.negative, update)
+
+
+def ep_step(
+    net: AbstractDynamics,
+    x,
+    y,
+    *,
+    beta: float,
+    rule: Rule = "endpoint",
+    nudging: Nudging = "one-sided",
+    key=None,
+    solver="tsit5",
+    t_free: float = 100.0,
+    t_nudged: float = 100.0,
+    tol: float = 1e-4,
+    eta: float | None = None,
+    free: PhaseResult | None = None,
+    s_init=None,
+    stop_at_steady_state: bool = True,
+    policy="flag",
+) -> EPStep:
+    """Free phase (unless `free` is given), nudged phase(s) and the update of `rule`."""
+    try:
+        b = float(beta)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        b = None
+    if b is not None and not (b > 0 and math.isfinite(b)):
+        raise ValueError(f"beta={beta!r} must be positive (its sign is set by `nudging`)")
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r} must be one of {RULES}")
+    if nudging not in NUDGINGS:
+        raise ValueError(f"nudging={nudging!r} must be one of {NUDGINGS}")
+    if nudging == "random" and key is None:
+        raise ValueError("nudging='random' needs a PRNG `key`")
+    common = dict(solver=solver, tol=tol, stop_at_steady_state=stop_at_steady_state, policy=policy)
+    if free is None:
+        free = free_phase(net, x, t_max=t_free, s_init=s_init, **common)
+    if nudging == "one-sided":
+        betas = (beta,)
+    elif nudging == "centered":
+        betas = (beta, -beta)
+    else:
+        betas = (jnp.where(jr.bernoulli(key), 1.0, -1.0).astype(x.dtype) * beta,)
+    synapses = {"endpoint": "none", "integrated": "integrate", "continual": "continual"}[rule]
+    nudged = tuple(
+        nudged_phase(net, x, y, free, beta=bi, t_max=t_nudged, synapses=synapses, eta=eta, **common)
+        for bi in betas
+    )
+    if rule == "endpoint":
+        update = _mean([endpoint_update(net, x, free.state, n.state, bi) for n, bi in zip(nudged, betas)])
+    elif rule == "integrated":
+        update = _mean([
+            jax.tree_util.tree_map(lambda a: a / bi, n.synapse_integral) for n, bi in zip(nudged, betas)
+        ])
+    else:
+        params, _ = _split(net)
+        update = _mean([
+            jax.tree_util.tree_map(lambda a, b: (a - b) / eta, _split(n.params)[0], params)
+            for n in nudged
+        ])
+    return EPStep(update=update, free=free, nudged=nudged, betas=betas)
+
+
+def ep_update(net: AbstractDynamics, x, y, *, beta: float, rule: Rule = "endpoint", **kwargs):
+    """The EP direction `≈ −∂J/∂θ`, shaped like the trainable parameters (sign: to be added).
+
+    Keyword arguments are those of :func:`ep_step` (nudging, solver, horizons, tol, …).
+    """
+    return ep_step(net, x, y, beta=beta, rule=rule, **kwargs).update

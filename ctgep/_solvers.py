@@ -1,0 +1,54 @@
+"""How a phase is integrated: an adaptive diffrax solver, or the paper's clipped Euler scheme."""
+
+import diffrax
+import equinox as eqx
+
+
+class AbstractPhaseSolver(eqx.Module):
+    """A way to integrate `ds/dt = μ^β` until steady state or the horizon."""
+
+
+class Adaptive(AbstractPhaseSolver, strict=True):
+    """`diffrax.diffeqsolve` with an adaptive step (PID controller on the neuron states only).
+
+    `dtmax` caps the step, which matters when differentiating through the solve near a fixed
+    point (DESIGN §3). `max_steps` bounds the work; exceeding it flags the samples.
+    """
+
+    solver: diffrax.AbstractSolver = diffrax.Tsit5()
+    rtol: float = 1e-5
+    atol: float = 1e-7
+    dt0: float | None = None
+    dtmax: float | None = None
+    max_steps: int = 20_000
+
+
+class Euler(AbstractPhaseSolver, strict=True):
+    """The paper's forward Euler relaxation `s ← 0 ∨ (s + ε μ^β) ∧ 1` (Eq. 58–59) as a loop.
+
+    With `clip=True` the state is projected onto the network's `state_bounds` (the hard
+    sigmoid's [0, 1]) after each step; networks without bounds are not clipped.
+    """
+
+    dt: float = 0.5
+    clip: bool = True
+
+
+SOLVERS = {
+    "tsit5": lambda: Adaptive(diffrax.Tsit5()),
+    "dopri5": lambda: Adaptive(diffrax.Dopri5()),
+    "kvaerno5": lambda: Adaptive(diffrax.Kvaerno5()),
+    "euler": lambda: Euler(),
+}
+
+
+def get_solver(solver) -> AbstractPhaseSolver:
+    """Accept a solver object or one of the names in `SOLVERS`."""
+    if isinstance(solver, AbstractPhaseSolver):
+        return solver
+    if isinstance(solver, str) and solver in SOLVERS:
+        return SOLVERS[solver]()
+    raise ValueError(
+        f"solver={solver!r} is unknown; pass one of {sorted(SOLVERS)} or an "
+        "Adaptive(...)/Euler(...) instance"
+    )
