@@ -1,0 +1,152 @@
+"""The free and nudged phases reach true fixed points, and nudging moves them as Lemma 2 says."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import lineax as lx
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import ctgep
+
+TIGHT = ctgep.Adaptive(diffrax.Tsit5(), rtol=1e-10, atol=1e-12)
+
+
+def residual_inf(net, x, state):
+    mu = net.vector_field(state, net.drive(x))
+    return np.max(np.concatenate([np.abs(np.asarray(m)) for m in mu], axis=-1), axis=-1)
+
+
+@pytest.mark.parametrize("solver", ["tsit5", "kvaerno5", "euler"])
+def test_free_phase_ends_at_a_fixed_point_for_every_sample(small_problem, solver):
+    net, x, _ = small_problem
+    r = ctgep.free_phase(net, x, solver=solver, tol=1e-5)
+    assert r.converged.shape == (x.shape[0],)
+    assert bool(r.converged.all())
+    # Independently of the solver's own bookkeeping, ‖μ‖∞ at the returned state is small.
+    assert residual_inf(net, x, r.state).max() < 1e-5
+    assert np.allclose(r.residual, residual_inf(net, x, r.state))
+    assert float(r.t_stop[0]) < 100.0  # ended by the steady-state event, not the horizon
+
+
+def test_adaptive_and_euler_reach_the_same_fixed_point(small_problem):
+    net, x, _ = small_problem
+    a = ctgep.free_phase(net, x, solver=TIGHT, tol=1e-10)
+    e = ctgep.free_phase(net, x, solver=ctgep.Euler(dt=0.5), tol=1e-10)
+    assert bool(a.converged.all()) and bool(e.converged.all())
+    for sa, se in zip(a.state, e.state):
+        np.testing.assert_allclose(sa, se, atol=1e-9)
+
+
+def test_joint_and_vmapped_batches_agree(small_problem):
+    net, x, _ = small_problem
+    j = ctgep.free_phase(net, x, solver=TIGHT, tol=1e-9)
+    v = ctgep.free_phase(net, x, solver=TIGHT, tol=1e-9, batch="vmap")
+    for sj, sv in zip(j.state, v.state):
+        np.testing.assert_allclose(sj, sv, atol=1e-8)
+    # Joint: one stop time for the batch. Vmapped: each sample stops on its own.
+    assert len(set(np.asarray(j.t_stop).tolist())) == 1
+    assert len(set(np.asarray(v.t_stop).tolist())) > 1
+
+
+def test_hard_sigmoid_euler_respects_the_paper_clipping():
+    net = ctgep.LayeredNetwork((8, 16, 4), key=jr.PRNGKey(3))
+    x = jr.uniform(jr.PRNGKey(4), (6, 8))
+    r = ctgep.free_phase(net, x, solver="euler", tol=1e-4)
+    for s in r.state:
+        assert float(s.min()) >= 0.0 and float(s.max()) <= 1.0
+    assert bool(r.converged.all())
+
+
+def _fixed_point_sensitivity(net, x, y, s0):
+    """`Jμ⁻¹ ∂C/∂sᵀ` per sample, by a lineax solve with the materialised Jacobian."""
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1]
+        si = tuple(s[i : i + 1] for s in s0)
+        flat, unravel = ravel_pytree(si)
+        mu = lambda f: ravel_pytree(net.vector_field(unravel(f), net.drive(xi)))[0]
+        jac = jax.jacfwd(mu)(flat)
+        dc = ravel_pytree(jax.grad(lambda s: jnp.sum(net.cost(s, y[i : i + 1])))(si))[0]
+        out.append(lx.linear_solve(lx.MatrixLinearOperator(jac), dc).value)
+    return np.stack(out)
+
+
+def _flat_batch(state):
+    return np.concatenate([np.asarray(s) for s in state], axis=-1)
+
+
+def test_nudged_displacement_converges_to_the_linear_response(small_problem):
+    """(s^β − s⁰)/β → Jμ⁻¹ ∂C/∂sᵀ: O(β) one-sided, O(β²) centered."""
+    net, x, y = small_problem
+    free = ctgep.free_phase(net, x, solver=TIGHT, tol=1e-11)
+    target = _fixed_point_sensitivity(net, x, y, free.state)
+    s0 = _flat_batch(free.state)
+
+    def nudge(beta):
+        r = ctgep.nudged_phase(net, x, y, free, beta=beta, solver=TIGHT, tol=1e-11)
+        assert bool(r.converged.all())
+        return _flat_batch(r.state)
+
+    one_sided, centered = [], []
+    betas = [0.08, 0.04, 0.02]
+    for beta in betas:
+        plus, minus = nudge(beta), nudge(-beta)
+        one_sided.append(np.linalg.norm((plus - s0) / beta - target))
+        centered.append(np.linalg.norm((plus - minus) / (2 * beta) - target))
+    one_sided_rate = np.log2(one_sided[0] / one_sided[-1]) / 2
+    centered_rate = np.log2(centered[0] / centered[-1]) / 2
+    assert 0.85 < one_sided_rate < 1.15, one_sided
+    assert 1.8 < centered_rate < 2.2, centered
+
+
+def _chaotic(x64):
+    net = ctgep.LayeredNetwork((6, 20, 20, 4), "tanh", key=jr.PRNGKey(0), dtype=jnp.float64)
+    return eqx.tree_at(lambda n: (n.Wf, n.Wb), net, replace_fn=lambda ws: tuple(8 * w for w in ws))
+
+
+def test_non_convergence_is_flagged(x64):
+    net = _chaotic(x64)
+    x = jr.uniform(jr.PRNGKey(1), (4, 6), jnp.float64)
+    for solver in ["tsit5", "euler"]:
+        r = ctgep.free_phase(net, x, solver=solver, t_max=50.0, policy="flag")
+        assert not bool(r.converged.all())
+        assert np.all(np.asarray(r.converged) == (np.asarray(r.residual) < 1e-4))
+
+
+def test_non_convergence_warns(x64):
+    net = _chaotic(x64)
+    x = jr.uniform(jr.PRNGKey(1), (4, 6), jnp.float64)
+    with pytest.warns(RuntimeWarning, match="did not reach steady state"):
+        r = ctgep.free_phase(net, x, solver="euler", t_max=50.0, policy="warn")
+        jax.block_until_ready(r.state)
+        jax.effects_barrier()
+
+
+def test_non_convergence_raises(x64):
+    net = _chaotic(x64)
+    x = jr.uniform(jr.PRNGKey(1), (4, 6), jnp.float64)
+    with pytest.raises(Exception, match="did not reach steady state"):
+        r = ctgep.free_phase(net, x, solver="euler", t_max=50.0, policy="raise")
+        jax.block_until_ready(r.state)
+
+
+def test_divergence_to_nan_is_flagged_not_silent(x64):
+    net = _chaotic(x64)
+    net = eqx.tree_at(lambda n: n.b, net, replace_fn=lambda bs: tuple(b + jnp.nan for b in bs))
+    x = jr.uniform(jr.PRNGKey(1), (4, 6), jnp.float64)
+    r = ctgep.free_phase(net, x, solver="euler", t_max=5.0)
+    assert not bool(r.converged.any())
+
+
+def test_energy_network_runs_through_the_same_simulator(x64):
+    net = ctgep.EnergyNetwork((6, 9, 3), key=jr.PRNGKey(2), dtype=jnp.float64)
+    x = jr.uniform(jr.PRNGKey(1), (4, 6), jnp.float64)
+    r = ctgep.free_phase(net, x, tol=1e-6)
+    assert bool(r.converged.all())
+    # μ = −∂E/∂s: the energy does not increase along the relaxation.
+    e0 = net.energy(net.init_state(x), x)
+    assert np.all(np.asarray(net.energy(r.state, x)) <= np.asarray(e0) + 1e-12)
