@@ -15,6 +15,11 @@ from ._phases import (
     free_phase as free_phase,
     nudged_phase as nudged_phase,
 )
+from ._record import (
+    load_record as load_record,
+    record as record,
+    record_settings as record_settings,
+)
 from ._rules import (
     EPStep as EPStep,
     as_gradient as as_gradient,

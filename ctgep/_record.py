@@ -1,0 +1,621 @@
+"""Record the free and nudged phases' trajectories into an `xarray.Dataset`.
+
+`record` runs the same two phases as :func:`ctgep.free_phase` and :func:`ctgep.nudged_phase`
+(`synapses="integrate"` for the nudged one) and stores, at the sampling times, only what the
+monitors ask for: the chosen samples × neurons, per-sample residuals, per-layer summaries and
+per-parameter synapse-increment norms (plus full increments of the parameters named in
+`increments`). Buffers are allocated for the recorded quantities only: the Euler loop writes
+every n-th step into preallocated arrays, the adaptive path hands a `SubSaveAt(fn=...)` to
+diffrax, so the memory grows with what is recorded, never with the full state per step.
+
+Dataset layout (see :func:`record` for the variables)::
+
+    dims    phase ("free", "nudged") · time · sample · neuron · layers · param
+    coords  neuron → layer, unit;  (phase, time) → t;  sample → label, prediction
+"""
+
+import dataclasses
+import datetime
+import json
+import math
+import platform
+from collections.abc import Sequence
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+import xarray as xr
+
+from ._dynamics import AbstractDynamics
+from ._phases import (
+    PhaseResult,
+    _check_common,
+    _check_state,
+    _final_residual,
+    _mu_beta,
+    _residual,
+    _split,
+    _synapse_rate,
+)
+from ._solvers import Adaptive, Euler
+
+PHASES = ("free", "nudged")
+DEFAULT_GRID_POINTS = 201
+
+
+# ----------------------------------------------------------------------------- monitors
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """What to record (hashable: it is a static argument of the jitted runners)."""
+
+    samples: tuple[int, ...]
+    units: tuple[tuple[int, tuple[int, ...]], ...]  # (layer index 1..L, units) per monitored layer
+    increments: tuple[int, ...]  # leaf indices of the parameters recorded in full
+    every: int  # record every n-th step (0: fixed grid)
+    grid: tuple[float, ...] | None  # grid times of this phase (≤ its horizon)
+
+
+def _param_names(params) -> list[str]:
+    """`Wf_0`, `Wb_1`, `b_2` … for each inexact array leaf of the network."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    names = []
+    for path, _ in leaves:
+        s = jax.tree_util.keystr(path).lstrip(".")
+        names.append(s.replace("[", "_").replace("]", "").replace(".", "_"))
+    return names
+
+
+def _param_layer(name: str) -> int:
+    """The layer a parameter feeds (tuple index + 1 for the shipped networks), or −1."""
+    tail = name.rsplit("_", 1)
+    return int(tail[1]) + 1 if len(tail) == 2 and tail[1].isdigit() else -1
+
+
+def _resolve_layers(layers, widths) -> list[int]:
+    n = len(widths)
+    if layers is None:
+        return list(range(1, n + 1))
+    if isinstance(layers, (int, np.integer)):
+        layers = [layers]
+    out = []
+    for l in layers:
+        if not isinstance(l, (int, np.integer)) or isinstance(l, bool):
+            raise ValueError(f"layers: {l!r} is not a layer index")
+        li = int(l) + n + 1 if l < 0 else int(l)
+        if not 1 <= li <= n:
+            raise ValueError(
+                f"layers: unknown layer index {l}; the network's dynamic layers are 1..{n} "
+                "(0 is the clamped input, −1 the output)"
+            )
+        if li not in out:
+            out.append(li)
+    return sorted(out)
+
+
+def _resolve_units(neurons, layers, widths, explicit_layers=None) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    def pick(spec, layer):
+        width = widths[layer - 1]
+        if spec is None:
+            return tuple(range(width))
+        if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+            if spec < 1:
+                raise ValueError(f"neurons={spec!r} must be a positive count")
+            return tuple(range(min(int(spec), width)))
+        idx = np.asarray(spec)
+        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"neurons: {spec!r} must be a count or a non-empty list of indices")
+        bad = idx[(idx < 0) | (idx >= width)]
+        if bad.size:
+            raise ValueError(
+                f"neurons: index {int(bad[0])} out of range for layer {layer} of width {width}"
+            )
+        return tuple(int(i) for i in dict.fromkeys(idx.tolist()))
+
+    if isinstance(neurons, dict):
+        keys = _resolve_layers(list(neurons), widths)
+        spec = {k: neurons[orig] for k, orig in zip(keys, neurons)}
+        chosen = sorted(keys) if explicit_layers is None else layers
+        missing = [k for k in keys if k not in chosen]
+        if missing:
+            raise ValueError(f"neurons: layer {missing[0]} is not among the recorded layers {chosen}")
+        return tuple((l, pick(spec.get(l), l)) for l in chosen)
+    return tuple((l, pick(neurons, l)) for l in layers)
+
+
+def _resolve_samples(samples, batch) -> tuple[int, ...]:
+    if samples is None:
+        return tuple(range(batch))
+    if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool):
+        if samples < 1:
+            raise ValueError(f"samples={samples!r} must be a positive count")
+        return tuple(range(min(int(samples), batch)))
+    idx = np.asarray(samples)
+    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"samples: {samples!r} must be a count or a non-empty list of indices")
+    bad = idx[(idx < 0) | (idx >= batch)]
+    if bad.size:
+        raise ValueError(f"samples: index {int(bad[0])} out of range for a batch of {batch}")
+    return tuple(int(i) for i in dict.fromkeys(idx.tolist()))
+
+
+def _resolve_sampling(sampling, horizon, dt=None):
+    """→ (every, grid): `every` > 0 for step sampling, or a sorted grid of times."""
+    if sampling is None or (isinstance(sampling, str) and sampling == "grid"):
+        points = DEFAULT_GRID_POINTS
+        if dt is not None:  # the Euler scheme cannot sample finer than its step
+            points = max(min(points, int(math.floor(horizon / dt + 1e-9)) + 1), 2)
+        return 0, np.linspace(0.0, horizon, points)
+    if isinstance(sampling, str):
+        if sampling == "steps":
+            return 1, None
+        raise ValueError(
+            f"sampling={sampling!r} must be 'grid', 'steps', a step stride n ≥ 1 or an array of times"
+        )
+    if isinstance(sampling, (int, np.integer)) and not isinstance(sampling, bool):
+        if sampling < 1:
+            raise ValueError(f"sampling={sampling!r}: a step stride must be ≥ 1")
+        return int(sampling), None
+    grid = np.asarray(sampling, dtype=float)
+    if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0) or np.any(
+        np.diff(grid) <= 0
+    ):
+        raise ValueError("sampling: a time grid must be a non-empty, strictly increasing 1-D array of times ≥ 0")
+    if grid[0] > horizon:
+        raise ValueError(f"sampling: the time grid starts at {grid[0]} after both phases' horizons ({horizon})")
+    return 0, grid
+
+
+def _monitor(spec: _Spec, nudged: bool, beta, s_ref, widths):
+    """`(s, mu, acc) → dict` of what one record holds (for the chosen samples only)."""
+    rows = jnp.asarray(spec.samples)
+
+    def pick(s):
+        return jnp.concatenate([s[l - 1][rows][:, jnp.asarray(u)] for l, u in spec.units], axis=-1)
+
+    def fn(s, mu, acc):
+        out = {"state": pick(s), "residual": _residual(mu)[rows]}
+        if nudged:
+            err = tuple((a - b) / beta for a, b in zip(s, s_ref))
+            out["error"] = pick(err)
+            out["error_magnitude"] = jnp.stack(
+                [jnp.sqrt(jnp.mean(e[rows] ** 2, axis=-1)) for e in err], axis=-1
+            )
+            leaves = jax.tree_util.tree_leaves(acc)
+            out["synapse_norm"] = jnp.stack([jnp.sqrt(jnp.sum((a / beta) ** 2)) for a in leaves])
+            for i in spec.increments:
+                out[f"inc{i}"] = leaves[i] / beta
+        return out
+
+    return fn
+
+
+# ----------------------------------------------------------------------------- runners
+
+
+def _run_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, nudged, spec, widths):
+    params, static = _split(net)
+    drive = net.drive(x)
+    bounds = net.state_bounds if solver.clip else None
+    dt = solver.dt
+    n_steps = max(int(math.ceil(t_max / dt - 1e-9)), 0)
+    monitor = _monitor(spec, nudged, beta, s_init, widths)
+
+    def projected(s):
+        mu = _mu_beta(net, s, drive, y, beta)
+        if bounds is None:
+            return mu
+        lo, hi = bounds
+        return jax.tree_util.tree_map(lambda a, m: (jnp.clip(a + dt * m, lo, hi) - a) / dt, s, mu)
+
+    if spec.every:
+        size = 1 + n_steps // spec.every + 1
+        due_steps = None
+    else:
+        due_steps = jnp.asarray(np.rint(np.asarray(spec.grid) / dt).astype(np.int32))
+        size = len(spec.grid)
+
+    def due(k, j):
+        if spec.every:
+            return k % spec.every == 0
+        return (j < size) & (due_steps[jnp.minimum(j, size - 1)] == k)
+
+    acc0 = jax.tree_util.tree_map(jnp.zeros_like, params) if nudged else None
+    mu0 = projected(s_init)
+    struct = jax.eval_shape(monitor, s_init, mu0, acc0)
+    bufs = jax.tree_util.tree_map(lambda a: jnp.full((size,) + a.shape, jnp.nan, a.dtype), struct)
+    tbuf = jnp.full((size,), jnp.nan, jnp.result_type(float))
+
+    def write(k, s, mu, acc, j, bufs, tbuf):
+        rec = monitor(s, mu, acc)
+        bufs = jax.tree_util.tree_map(lambda b, r: b.at[j].set(r), bufs, rec)
+        return bufs, tbuf.at[j].set(k * dt), j + 1
+
+    def maybe_write(k, s, mu, acc, j, bufs, tbuf):
+        return jax.lax.cond(
+            due(k, j),
+            lambda: write(k, s, mu, acc, j, bufs, tbuf),
+            lambda: (bufs, tbuf, j),
+        )
+
+    j0 = jnp.asarray(0)
+    bufs, tbuf, j0 = maybe_write(jnp.asarray(0), s_init, mu0, acc0, j0, bufs, tbuf)
+
+    def cond(carry):
+        k, _, mu, *_ = carry
+        going = k < n_steps
+        return going & (jnp.max(_residual(mu)) >= tol) if stop else going
+
+    def body(carry):
+        k, s, mu, acc, j, bufs, tbuf = carry
+        ds = jax.tree_util.tree_map(lambda m: dt * m, mu)
+        if nudged:
+            acc = jax.tree_util.tree_map(jnp.add, acc, _synapse_rate(params, static, s, x, ds))
+        s = jax.tree_util.tree_map(jnp.add, s, ds)
+        mu = projected(s)
+        bufs, tbuf, j = maybe_write(k + 1, s, mu, acc, j, bufs, tbuf)
+        return k + 1, s, mu, acc, j, bufs, tbuf
+
+    carry = (jnp.asarray(0), s_init, mu0, acc0, j0, bufs, tbuf)
+    k, s, mu, acc, j, bufs, tbuf = jax.lax.while_loop(cond, body, carry)
+    if spec.every:  # the final state is always the last record
+        bufs, tbuf, j = jax.lax.cond(
+            k % spec.every != 0,
+            lambda: write(k, s, mu, acc, j, bufs, tbuf),
+            lambda: (bufs, tbuf, j),
+        )
+    z = {"s": s}
+    if nudged:
+        z["acc"] = acc
+    return z, k * dt, k, jnp.asarray(True), tbuf, bufs
+
+
+def _run_adaptive(net, x, y, s_init, beta, solver: Adaptive, t_max, tol, stop, nudged, spec, widths):
+    params, static = _split(net)
+    drive = net.drive(x)
+    monitor = _monitor(spec, nudged, beta, s_init, widths)
+
+    def field(t, z, args):
+        mu = _mu_beta(net, z["s"], drive, y, beta)
+        out = {"s": mu}
+        if nudged:
+            out["acc"] = _synapse_rate(params, static, z["s"], x, mu)
+        return out
+
+    def settled(t, z, args, **kwargs):
+        return jnp.max(_residual(_mu_beta(net, z["s"], drive, y, beta))) < tol
+
+    def save(t, z, args):
+        return monitor(z["s"], _mu_beta(net, z["s"], drive, y, beta), z.get("acc"))
+
+    z0 = {"s": s_init}
+    if nudged:
+        z0["acc"] = jax.tree_util.tree_map(jnp.zeros_like, params)
+    if spec.every:
+        sub = diffrax.SubSaveAt(t0=True, steps=spec.every, t1=True, fn=save)
+    else:
+        sub = diffrax.SubSaveAt(ts=jnp.asarray(spec.grid), fn=save)
+    saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(t1=True), sub])
+    controller = diffrax.PIDController(
+        rtol=solver.rtol, atol=solver.atol, dtmax=solver.dtmax, norm=lambda z: optx.rms_norm(z["s"])
+    )
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        solver.solver,
+        t0=0.0,
+        t1=t_max,
+        dt0=solver.dt0,
+        y0=z0,
+        saveat=saveat,
+        stepsize_controller=controller,
+        event=diffrax.Event(settled) if stop else None,
+        max_steps=solver.max_steps,
+        throw=False,
+    )
+    final_ts, rec_ts = sol.ts
+    final_ys, rec_ys = sol.ys
+    z = jax.tree_util.tree_map(lambda a: a[-1], final_ys)
+    ok = (sol.result == diffrax.RESULTS.successful) | (sol.result == diffrax.RESULTS.event_occurred)
+    return z, final_ts[-1], sol.stats["num_steps"], ok, rec_ts, rec_ys
+
+
+@eqx.filter_jit
+def _record_phase(net, x, y, s_init, beta, solver, t_max, tol, stop, nudged, spec, widths):
+    run = _run_euler if isinstance(solver, Euler) else _run_adaptive
+    z, t, steps, ok, rec_ts, rec = run(net, x, y, s_init, beta, solver, t_max, tol, stop, nudged, spec, widths)
+    synapses = "integrate" if nudged else "none"
+    residual = _final_residual(net, x, y, beta, z, solver, synapses)
+    batch = x.shape[0]
+    result = PhaseResult(
+        state=z["s"],
+        t_stop=jnp.broadcast_to(jnp.asarray(t, residual.dtype), (batch,)),
+        steps=jnp.broadcast_to(jnp.asarray(steps, jnp.int32), (batch,)),
+        residual=residual,
+        converged=ok & (residual < tol),
+        synapse_integral=z.get("acc"),
+    )
+    return result, rec_ts, rec
+
+
+# ----------------------------------------------------------------------------- record
+
+
+def _solver_settings(solver) -> dict:
+    if isinstance(solver, Euler):
+        return {"kind": "euler", "dt": solver.dt, "clip": solver.clip}
+    return {
+        "kind": "adaptive",
+        "solver": type(solver.solver).__name__,
+        "rtol": solver.rtol,
+        "atol": solver.atol,
+        "dt0": solver.dt0,
+        "dtmax": solver.dtmax,
+        "max_steps": solver.max_steps,
+    }
+
+
+def _model_settings(net, names, params) -> dict:
+    out: dict[str, Any] = {"class": type(net).__name__}
+    for field in ("sizes", "activation"):
+        if hasattr(net, field):
+            v = getattr(net, field)
+            out[field] = list(v) if isinstance(v, tuple) else v
+    out["parameters"] = {n: list(a.shape) for n, a in zip(names, jax.tree_util.tree_leaves(params))}
+    return out
+
+
+def record(
+    net: AbstractDynamics,
+    x,
+    y,
+    *,
+    beta: float,
+    solver="tsit5",
+    t_free: float = 100.0,
+    t_nudged: float = 100.0,
+    tol: float = 1e-4,
+    layers=None,
+    neurons=None,
+    samples=None,
+    sampling="grid",
+    increments=None,
+    stop_at_steady_state: bool = True,
+    s_init=None,
+    card: dict | None = None,
+) -> xr.Dataset:
+    """Run the free and nudged phases and return their trajectories as an `xarray.Dataset`.
+
+    The phases are those of `free_phase(net, x, solver=solver, t_max=t_free, tol=tol)` and
+    `nudged_phase(net, x, y, free, beta=beta, t_max=t_nudged, synapses="integrate", …)`.
+
+    Monitors:
+
+    * `layers`: dynamic layers to record the neurons of, numbered 1..L (input = 0 is clamped,
+      −1 = output); default all.
+    * `neurons`: None (all), a count k (the first k units of each chosen layer), a list of unit
+      indices used in every chosen layer, or a dict `{layer: count-or-indices}`.
+    * `samples`: None (all), a count k (the first k) or a list of batch indices.
+    * `sampling`: `"grid"` (201 times on `[0, max(t_free, t_nudged)]`, the default; fewer
+      for an Euler step too coarse for them), an array of
+      times (a fixed grid, shared by both phases; the Euler scheme snaps it to its steps),
+      `"steps"` (every solver step) or an int n (every n-th accepted step). Step sampling
+      always records the initial and the final state.
+    * `increments`: parameter names (`"Wf_0"`, `"Wb_1"`, `"b_2"`, …) or `"all"` whose running
+      synapse increment `∫(∂μ/∂θ)ᵀ ds / β` is recorded in full; norms of every parameter's
+      increment are always recorded.
+
+    Variables (NaN where a phase has no value: past its end, or nudged-only quantities in the
+    free phase): `state(phase, time, sample, neuron)`; `error(…)` = `(s^β(t) − s⁰)/β`;
+    `residual(phase, time, sample)` = `‖μ^β‖_∞` over all neurons; `error_magnitude(phase,
+    time, sample, layers)` = RMS of the error over each layer's neurons; `synapse_norm(phase,
+    time, param)` = Frobenius norm of the running increment; `increment_<param>(phase, time,
+    <param>_post[, <param>_pre])`; per phase: `final_state`, `final_residual`, `converged`,
+    `t_stop`, `steps`. Coordinates: `neuron` (global index over the dynamic layers) with
+    `layer` and `unit`; `time` (the grid times, or the record index for step sampling) and
+    `t(phase, time)` (time since the phase began, NaN past the end); `sample` (batch index)
+    with `label` and `prediction`; `layers`; `param` with `param_layer`. Attributes hold the
+    settings, those netCDF cannot store natively as JSON strings (`model`, `solver`,
+    `sampling`, `card`).
+    """
+    solver = _check_common(net, x, solver, t_free, tol, "flag", "joint")
+    _check_common(net, x, solver, t_nudged, tol, "flag", "joint")
+    try:
+        b = float(beta)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        raise ValueError(f"beta={beta!r} must be a concrete number") from None
+    if b == 0.0 or not math.isfinite(b):
+        raise ValueError(f"beta={beta!r} must be a finite non-zero nudging strength")
+    if s_init is None:
+        s_init = net.init_state(x)
+    else:
+        _check_state(net, x, s_init, "s_init")
+    expected = jax.eval_shape(lambda s: net.output(s), s_init).shape
+    if getattr(y, "shape", None) != expected:
+        raise ValueError(f"y has shape {getattr(y, 'shape', None)} but the network's output has shape {expected}")
+
+    widths = tuple(int(a.shape[-1]) for a in jax.tree_util.tree_leaves(jax.eval_shape(net.init_state, x)))
+    batch = int(x.shape[0])
+    chosen_layers = _resolve_layers(layers, widths)
+    units = _resolve_units(neurons, chosen_layers, widths, layers)
+    rows = _resolve_samples(samples, batch)
+    horizon = max(float(t_free), float(t_nudged))
+    every, grid = _resolve_sampling(sampling, horizon, solver.dt if isinstance(solver, Euler) else None)
+    if grid is not None and isinstance(solver, Euler) and grid.size > 1 and np.min(np.diff(grid)) < solver.dt * (1 - 1e-9):
+        raise ValueError(f"sampling: grid spacing {np.min(np.diff(grid)):g} is finer than the Euler step dt={solver.dt}")
+
+    params, _ = _split(net)
+    names = _param_names(params)
+    leaves = jax.tree_util.tree_leaves(params)
+    if increments is None:
+        inc = ()
+    elif isinstance(increments, str) and increments == "all":
+        inc = tuple(range(len(names)))
+    else:
+        if isinstance(increments, str):
+            increments = [increments]
+        inc = []
+        for n in increments:
+            if n not in names:
+                raise ValueError(f"increments: unknown parameter {n!r}; the network has {names}")
+            inc.append(names.index(n))
+        inc = tuple(sorted(set(inc)))
+
+    def spec_for(t_max):
+        g = None if grid is None else tuple(float(t) for t in grid if t <= t_max * (1 + 1e-12))
+        if g is not None and not g:
+            g = (0.0,)
+        return _Spec(rows, units, inc, every, g)
+
+    stop = bool(stop_at_steady_state)
+    free, ts_f, rec_f = _record_phase(
+        net, x, None, s_init, jnp.asarray(0.0, x.dtype), solver, float(t_free), float(tol), stop, False,
+        spec_for(float(t_free)), widths,
+    )
+    nudged, ts_n, rec_n = _record_phase(
+        net, x, y, free.state, jnp.asarray(b, x.dtype), solver, float(t_nudged), float(tol), stop, True,
+        spec_for(float(t_nudged)), widths,
+    )
+
+    # ---- assemble on the host: trim unused buffer slots, pad the phases to a common length
+    def valid(ts):
+        ts = np.asarray(ts, dtype=float)
+        return np.where(np.isfinite(ts), ts, np.nan)
+
+    ts_f, ts_n = valid(ts_f), valid(ts_n)
+    rec_f = jax.tree_util.tree_map(np.asarray, rec_f)
+    rec_n = jax.tree_util.tree_map(np.asarray, rec_n)
+    if grid is None:
+        lengths = [int(np.sum(np.isfinite(ts))) for ts in (ts_f, ts_n)]  # records are contiguous
+        n_time = max(lengths)
+        time_coord = np.arange(n_time)
+    else:
+        n_time = len(grid)
+        time_coord = grid
+
+    def timeline(ts, rec):
+        """Place a phase's records on the common time axis; NaN elsewhere."""
+        out_t = np.full(n_time, np.nan)
+        m = min(len(ts), n_time)
+        out_t[:m] = ts[:m]
+        fill = np.isfinite(out_t)
+
+        def put(a):
+            shape = (n_time,) + a.shape[1:]
+            o = np.full(shape, np.nan, dtype=np.result_type(a.dtype, np.float32))
+            o[:m][fill[:m]] = a[:m][fill[:m]]
+            return o
+
+        return out_t, {k: put(v) for k, v in rec.items()}
+
+    t_f, r_f = timeline(ts_f, rec_f)
+    t_n, r_n = timeline(ts_n, rec_n)
+
+    def both(key, tail_shape, dtype):
+        free_part = r_f.get(key)
+        if free_part is None:
+            free_part = np.full((n_time,) + tail_shape, np.nan, dtype)
+        return np.stack([free_part, r_n[key]])
+
+    n_rows = len(rows)
+    n_neur = sum(len(u) for _, u in units)
+    layer_of = np.concatenate([np.full(len(u), l) for l, u in units]).astype(np.int64)
+    unit_of = np.concatenate([np.asarray(u) for _, u in units]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(widths)])
+    neuron_id = offsets[layer_of - 1] + unit_of
+    dtype = r_n["state"].dtype
+    free_np = [np.asarray(a) for a in jax.tree_util.tree_leaves(free.state)]
+    nudged_np = [np.asarray(a) for a in jax.tree_util.tree_leaves(nudged.state)]
+
+    def select(state_list):
+        return np.concatenate([state_list[l - 1][list(rows)][:, list(u)] for l, u in units], axis=-1)
+
+    data_vars = {
+        "state": (("phase", "time", "sample", "neuron"), both("state", (n_rows, n_neur), dtype)),
+        "error": (("phase", "time", "sample", "neuron"), both("error", (n_rows, n_neur), dtype)),
+        "residual": (("phase", "time", "sample"), both("residual", (n_rows,), dtype)),
+        "error_magnitude": (
+            ("phase", "time", "sample", "layers"),
+            both("error_magnitude", (n_rows, len(widths)), dtype),
+        ),
+        "synapse_norm": (("phase", "time", "param"), both("synapse_norm", (len(names),), dtype)),
+        "final_state": (("phase", "sample", "neuron"), np.stack([select(free_np), select(nudged_np)])),
+        "final_residual": (
+            ("phase", "sample"),
+            np.stack([np.asarray(r.residual)[list(rows)] for r in (free, nudged)]),
+        ),
+        "converged": (("phase", "sample"), np.stack([np.asarray(r.converged)[list(rows)] for r in (free, nudged)])),
+        "t_stop": (("phase",), np.array([float(free.t_stop[0]), float(nudged.t_stop[0])])),
+        "steps": (("phase",), np.array([int(free.steps[0]), int(nudged.steps[0])], dtype=np.int64)),
+    }
+    for i in inc:
+        name = names[i]
+        shape = leaves[i].shape
+        dims = [f"{name}_post", f"{name}_pre"] if len(shape) == 2 else [f"{name}_d{d}" for d in range(len(shape))]
+        if len(shape) == 1:
+            dims = [f"{name}_post"]
+        data_vars[f"increment_{name}"] = (("phase", "time", *dims), both(f"inc{i}", tuple(shape), dtype))
+
+    y_np = np.asarray(y)
+    out_np = np.asarray(net.output(free.state))
+    coords = {
+        "phase": np.array(PHASES),
+        "time": time_coord,
+        "t": (("phase", "time"), np.stack([t_f, t_n])),
+        "sample": np.asarray(rows, dtype=np.int64),
+        "label": ("sample", np.argmax(y_np[list(rows)], axis=-1).astype(np.int64)),
+        "prediction": ("sample", np.argmax(out_np[list(rows)], axis=-1).astype(np.int64)),
+        "neuron": neuron_id.astype(np.int64),
+        "layer": ("neuron", layer_of),
+        "unit": ("neuron", unit_of),
+        "layers": np.arange(1, len(widths) + 1, dtype=np.int64),
+        "param": np.array(names),
+        "param_layer": ("param", np.array([_param_layer(n) for n in names], dtype=np.int64)),
+    }
+    sampling_attr = {"kind": "steps", "every": every} if grid is None else {"kind": "grid", "points": int(len(grid))}
+    attrs = {
+        "title": "ctgep free and nudged phase trajectories",
+        "ctgep_version": _version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.system()} / jax {jax.__version__} on {jax.default_backend()}",
+        "beta": b,
+        "tol": float(tol),
+        "t_free": float(t_free),
+        "t_nudged": float(t_nudged),
+        "stop_at_steady_state": int(stop),
+        "batch_size": batch,
+        "model": json.dumps(_model_settings(net, names, params)),
+        "solver": json.dumps(_solver_settings(solver)),
+        "sampling": json.dumps(sampling_attr),
+        "card": json.dumps(card if card is not None else {}),
+        "error_definition": "(s^beta(t) - s^0) / beta",
+        "increment_definition": "integral of (dmu/dtheta)^T ds / beta so far, batch mean",
+    }
+    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    ds["state"].attrs["long_name"] = "neuron state s(t)"
+    ds["error"].attrs["long_name"] = "error signal (s^beta(t) - s^0)/beta"
+    ds["residual"].attrs["long_name"] = "residual max|mu^beta| over all neurons"
+    ds["error_magnitude"].attrs["long_name"] = "RMS over the layer's neurons of the error signal"
+    ds["synapse_norm"].attrs["long_name"] = "Frobenius norm of the running synapse increment"
+    ds["t"].attrs["long_name"] = "time since the phase began (NaN past its end)"
+    return ds
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def load_record(path) -> xr.Dataset:
+    """Load a dataset written by `record(...).to_netcdf(path)`, fully into memory, with its coordinates."""
+    return xr.load_dataset(path)
+
+
+def record_settings(ds: xr.Dataset) -> dict:
+    """The JSON attributes of a record (`model`, `solver`, `sampling`, `card`) decoded."""
+    return {k: json.loads(ds.attrs[k]) for k in ("model", "solver", "sampling", "card") if k in ds.attrs}

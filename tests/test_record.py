@@ -1,0 +1,176 @@
+"""`ctgep.record`: trajectories of the free and nudged phases as an xarray.Dataset."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+import xarray as xr
+
+import ctgep
+
+BETA = 0.5
+T = 30.0
+
+
+@pytest.fixture(scope="module")
+def problem():
+    net = ctgep.LayeredNetwork((5, 4, 3, 2), key=jr.PRNGKey(0))
+    x = jr.uniform(jr.PRNGKey(1), (6, 5))
+    y = jax.nn.one_hot(jnp.arange(6) % 2, 2)
+    return net, x, y
+
+
+@pytest.fixture(scope="module")
+def euler_record(problem):
+    net, x, y = problem
+    return ctgep.record(net, x, y, beta=BETA, solver="euler", t_free=T, t_nudged=T, sampling=3, increments="all")
+
+
+def test_dims_coords_attrs(problem, euler_record):
+    net, x, y = problem
+    ds = euler_record
+    for dim in ("phase", "time", "sample", "neuron", "layers", "param"):
+        assert dim in ds.dims
+    assert list(ds.phase.values) == ["free", "nudged"]
+    assert ds.sizes["neuron"] == 4 + 3 + 2
+    assert list(ds.layer.values) == [1] * 4 + [2] * 3 + [3] * 2
+    assert list(ds.unit.values) == [0, 1, 2, 3, 0, 1, 2, 0, 1]
+    assert ds.layer.dims == ("neuron",)
+    assert ds.t.dims == ("phase", "time")
+    assert ds.state.dims == ("phase", "time", "sample", "neuron")
+    assert ds.error.dims == ("phase", "time", "sample", "neuron")
+    assert ds.residual.dims == ("phase", "time", "sample")
+    assert ds.error_magnitude.dims == ("phase", "time", "sample", "layers")
+    assert list(ds.param.values) == ["Wf_0", "Wf_1", "Wf_2", "Wb_0", "Wb_1", "b_0", "b_1", "b_2"]
+    assert list(ds.param_layer.values) == [1, 2, 3, 1, 2, 1, 2, 3]
+    assert ds["increment_Wf_1"].dims == ("phase", "time", "Wf_1_post", "Wf_1_pre")
+    assert ds["increment_b_2"].dims == ("phase", "time", "b_2_post")
+    assert list(ds.label.values) == [0, 1, 0, 1, 0, 1]
+    assert ds.attrs["beta"] == BETA and ds.attrs["t_free"] == T
+    model = json.loads(ds.attrs["model"])
+    assert model["class"] == "LayeredNetwork" and model["sizes"] == [5, 4, 3, 2]
+    assert model["parameters"]["Wf_0"] == [4, 5]
+    assert json.loads(ds.attrs["solver"]) == {"kind": "euler", "dt": 0.5, "clip": True}
+    assert ctgep.record_settings(ds)["sampling"] == {"kind": "steps", "every": 3}
+    # nudged-only quantities are NaN in the free phase; the error starts at zero
+    assert np.all(np.isnan(ds.error.sel(phase="free")))
+    assert np.all(ds.error.sel(phase="nudged").isel(time=0) == 0)
+    # the nudged phase stops at steady state: the output settles toward the target
+    res = ds.residual.sel(phase="nudged").dropna("time")
+    assert float(res.isel(time=-1).max()) < 1e-4 < float(res.isel(time=1).max())
+
+
+def test_every_nth_step_count(problem, euler_record):
+    ds = euler_record
+    for phase in ("free", "nudged"):
+        steps = int(ds.steps.sel(phase=phase))
+        t = ds.t.sel(phase=phase).values
+        n = int(np.sum(np.isfinite(t)))
+        # the initial state, every 3rd step, and the final state when it is not on the stride
+        assert n == 1 + steps // 3 + (steps % 3 != 0)
+        assert np.isclose(t[n - 1], steps * 0.5)
+        assert np.allclose(t[: 1 + steps // 3], 1.5 * np.arange(1 + steps // 3))
+    assert ds.sizes["time"] == 1 + int(ds.steps.max()) // 3 + (int(ds.steps.max()) % 3 != 0)
+
+
+def _flat(state):
+    return np.concatenate([np.asarray(a) for a in state], axis=-1)
+
+
+@pytest.mark.parametrize("solver", ["euler", "tsit5"])
+def test_final_states_match_phases(problem, euler_record, solver):
+    net, x, y = problem
+    if solver == "euler":
+        ds = euler_record
+    else:
+        ds = ctgep.record(net, x, y, beta=BETA, solver=solver, t_free=T, t_nudged=T, sampling="steps")
+    free = ctgep.free_phase(net, x, solver=solver, t_max=T)
+    nudged = ctgep.nudged_phase(net, x, y, free, beta=BETA, solver=solver, t_max=T)
+    np.testing.assert_allclose(ds.final_state.sel(phase="free"), _flat(free.state), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ds.final_state.sel(phase="nudged"), _flat(nudged.state), rtol=0, atol=1e-6)
+    assert float(ds.t_stop.sel(phase="nudged")) == pytest.approx(float(nudged.t_stop[0]))
+    assert int(ds.steps.sel(phase="free")) == int(free.steps[0])
+    # step sampling ends on the final state
+    for phase, res in (("free", free), ("nudged", nudged)):
+        last = ds.state.sel(phase=phase).dropna("time", how="all").isel(time=-1)
+        np.testing.assert_allclose(last, _flat(res.state), rtol=0, atol=1e-6)
+    err = ds.error.sel(phase="nudged").dropna("time", how="all").isel(time=-1)
+    np.testing.assert_allclose(err, (_flat(nudged.state) - _flat(free.state)) / BETA, rtol=1e-5, atol=1e-5)
+
+
+def test_running_increment_matches_integrated_rule(problem, euler_record):
+    net, x, y = problem
+    ds = euler_record
+    update = ctgep.ep_update(net, x, y, beta=BETA, rule="integrated", solver="euler", t_free=T, t_nudged=T)
+    flat = jax.tree_util.tree_leaves(update)
+    names = list(ds.param.values)
+    for name, u in zip(names, flat):
+        inc = ds[f"increment_{name}"].sel(phase="nudged").dropna(f"time", how="all").isel(time=-1)
+        np.testing.assert_allclose(inc, np.asarray(u), rtol=1e-5, atol=1e-6)
+        norm = ds.synapse_norm.sel(phase="nudged", param=name).dropna("time").isel(time=-1)
+        assert float(norm) == pytest.approx(float(jnp.linalg.norm(u)), rel=1e-5, abs=1e-7)
+    # it starts at zero and grows along the phase
+    assert np.all(ds.synapse_norm.sel(phase="nudged").isel(time=0) == 0)
+
+
+def test_netcdf_round_trip(tmp_path, euler_record):
+    path = tmp_path / "rec.nc"
+    euler_record.to_netcdf(path)
+    back = ctgep.load_record(path)
+    xr.testing.assert_identical(back, euler_record)
+    assert back.converged.dtype == bool and back.phase.values.tolist() == ["free", "nudged"]
+    assert back.layer.dims == ("neuron",) and back.t.dims == ("phase", "time")
+
+
+def test_netcdf_round_trip_h5netcdf(tmp_path, euler_record):
+    pytest.importorskip("h5py")
+    path = tmp_path / "rec.nc"
+    euler_record.to_netcdf(path, engine="h5netcdf")
+    xr.testing.assert_identical(ctgep.load_record(path), euler_record)
+
+
+def test_monitors_subset_and_grid(problem):
+    net, x, y = problem
+    grid = np.arange(0.0, 12.5, 1.0)
+    ds = ctgep.record(
+        net, x, y, beta=BETA, solver="euler", t_free=T, t_nudged=10.0, layers=[-1, 1],
+        neurons={1: [3, 0], -1: 1}, samples=[4, 1], sampling=grid, increments=["Wf_2"],
+    )
+    assert list(ds.sample.values) == [4, 1]
+    assert list(ds.layer.values) == [1, 1, 3] and list(ds.unit.values) == [3, 0, 0]
+    assert list(ds.neuron.values) == [3, 0, 7]  # global index over layers of widths 4, 3, 2
+    np.testing.assert_array_equal(ds.time.values, grid)
+    assert [v for v in ds.data_vars if v.startswith("increment_")] == ["increment_Wf_2"]
+    # the nudged phase's horizon (10) ends before the grid: NaN there, as is t
+    t_nudged = ds.t.sel(phase="nudged").values
+    assert np.all(np.isnan(t_nudged[grid > 10])) and np.allclose(t_nudged[grid <= 10], grid[grid <= 10])
+    full = ctgep.record(net, x, y, beta=BETA, solver="euler", t_free=T, t_nudged=10.0, sampling=grid)
+    sub = full.state.sel(sample=[4, 1], neuron=[3, 0, 7])
+    np.testing.assert_array_equal(ds.state.values, sub.values)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(layers=[4]), "layers: unknown layer index 4"),
+        (dict(layers=[0]), "layers: unknown layer index 0"),
+        (dict(neurons=[5]), "neurons: index 5 out of range for layer 1"),
+        (dict(samples=[6]), "samples: index 6 out of range"),
+        (dict(sampling=0), "sampling=0"),
+        (dict(sampling="every"), "sampling='every'"),
+        (dict(sampling=[0.0, 2.0, 1.0]), "sampling: a time grid"),
+        (dict(sampling=[0.0, 0.1]), "finer than the Euler step"),
+        (dict(increments=["W"]), "increments: unknown parameter 'W'"),
+        (dict(layers=[1], neurons={2: 1}), "neurons: layer 2 is not among"),
+        (dict(beta=0.0), "beta=0.0"),
+    ],
+)
+def test_bad_monitors(problem, kwargs, match):
+    net, x, y = problem
+    kw = dict(beta=BETA, solver="euler", t_free=T, t_nudged=T) | kwargs
+    with pytest.raises(ValueError, match=match):
+        ctgep.record(net, x, y, **kw)
