@@ -15,7 +15,14 @@ from ._phases import (
     free_phase as free_phase,
     nudged_phase as nudged_phase,
 )
+from ._plots import (
+    plot_error_signal as plot_error_signal,
+    plot_phase_portrait as plot_phase_portrait,
+    plot_state_heatmaps as plot_state_heatmaps,
+    save_figures as save_figures,
+)
 from ._record import (
+    error_arrival_times as error_arrival_times,
     load_record as load_record,
     record as record,
     record_settings as record_settings,

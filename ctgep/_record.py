@@ -604,6 +604,44 @@ def record(
     ds["t"].attrs["long_name"] = "time since the phase began (NaN past its end)"
     return ds
 
+def _phase(ds, phase):
+    if phase not in ds.phase.values:
+        raise ValueError(f"phase={phase!r} must be one of {list(ds.phase.values)}")
+    return ds.sel(phase=phase)
+
+
+def error_arrival_times(ds: xr.Dataset, fraction: float = 0.5, per_sample: bool = False) -> xr.DataArray:
+    """Per layer, the time the nudged phase's error magnitude first reaches `fraction` of its final value.
+
+    The magnitude is `error_magnitude` (RMS over the layer's neurons of `(s^β(t) − s⁰)/β`),
+    averaged over the recorded samples unless `per_sample`; the crossing is interpolated
+    linearly between records. NaN where the final magnitude is zero.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
+    nudged = _phase(ds, "nudged")
+    keep = np.isfinite(nudged.t.values)
+    t = nudged.t.values[keep]
+    mag = nudged.error_magnitude.isel(time=np.flatnonzero(keep))
+    if not per_sample:
+        mag = mag.mean("sample")
+
+    def crossing(m):
+        final = m[-1]
+        if not np.isfinite(final) or final <= 0:
+            return np.nan
+        target = fraction * final
+        k = int(np.argmax(m >= target))
+        if k == 0:
+            return float(t[0])
+        m0, m1 = m[k - 1], m[k]
+        return float(t[k - 1] + (target - m0) / (m1 - m0) * (t[k] - t[k - 1]))
+
+    out = xr.apply_ufunc(crossing, mag, input_core_dims=[["time"]], vectorize=True)
+    out.name = "arrival_time"
+    out.attrs["long_name"] = f"time for the error magnitude to reach {fraction:g} of its final value"
+    return out
+
 
 def _version() -> str:
     from . import __version__

@@ -174,3 +174,25 @@ def test_bad_monitors(problem, kwargs, match):
     kw = dict(beta=BETA, solver="euler", t_free=T, t_nudged=T) | kwargs
     with pytest.raises(ValueError, match=match):
         ctgep.record(net, x, y, **kw)
+
+
+def test_arrival_times_and_figures(tmp_path, euler_record):
+    ds = euler_record
+    arrival = ctgep.error_arrival_times(ds)
+    assert arrival.dims == ("layers",)
+    # the nudge acts on the output layer: the error reaches it before it reaches layer 1
+    assert 0 < float(arrival.sel(layers=3)) < float(arrival.sel(layers=1))
+    # by definition the mean magnitude at the arrival time is half its final value
+    mag = ds.error_magnitude.sel(phase="nudged").mean("sample").dropna("time")
+    t = ds.t.sel(phase="nudged").dropna("time").values
+    for l in (1, 2, 3):
+        m = mag.sel(layers=l).values
+        assert np.interp(float(arrival.sel(layers=l)), t, m) == pytest.approx(0.5 * m[-1], rel=1e-6)
+    assert ctgep.error_arrival_times(ds, per_sample=True).dims == ("sample", "layers")
+    paths = ctgep.save_figures(ds, tmp_path)
+    assert set(paths) == {"error_signal", "state_heatmaps", "error_heatmaps", "phase_portrait"}
+    for p in paths.values():
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="neurons: 99 was not recorded"):
+        ctgep.plot_phase_portrait(ds, [0, 99])
