@@ -39,5 +39,16 @@ from ._solvers import (
     Adaptive as Adaptive,
     Euler as Euler,
 )
+from ._analysis import alignment as alignment
+from ._cards import Card as Card, CardError as CardError, load_card as load_card
+from ._data import DataError as DataError, Dataset as Dataset, load_dataset as load_dataset
+from ._train import (
+    Run as Run,
+    TrainingError as TrainingError,
+    evaluate as evaluate,
+    load_run as load_run,
+    resume as resume,
+    train as train,
+)
 
 __version__ = "0.1.0"

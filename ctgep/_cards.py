@@ -1,0 +1,311 @@
+"""Model cards: one declarative TOML file per experiment, validated into a :class:`Card`.
+
+A card has a top-level ``name``/``description`` and five tables — ``[model]``, ``[phases]``,
+``[learning]``, ``[training]``, ``[data]`` — whose keys are the fields of the dataclasses
+below. Unknown keys are errors (a typo must not silently fall back to a default). Any value
+can be overridden with ``section.key=value`` strings (the CLI's ``--set``), coerced to the
+field's type. ``load_card("digits")`` finds the built-in cards shipped with the package.
+"""
+
+import dataclasses
+import importlib.resources
+import math
+import pathlib
+import tomllib
+import typing
+
+from ._activations import ACTIVATIONS
+from ._data import DATASETS, _ALIASES
+from ._rules import NUDGINGS, RULES
+from ._solvers import SOLVERS
+
+
+class CardError(ValueError):
+    """A model card is missing, malformed or inconsistent; the message names the key."""
+
+
+@dataclasses.dataclass
+class ModelSection:
+    """Architecture: layer widths input → output, firing rate ρ, initial feedback weights."""
+
+    sizes: list[int] = dataclasses.field(default_factory=lambda: [64, 256, 10])
+    activation: str = "hard_sigmoid"
+    feedback: str = "random"  # "random", "transpose", or an angle in degrees ("60")
+
+
+@dataclasses.dataclass
+class PhasesSection:
+    """How the free and nudged phases are integrated (horizons in units of the time constant)."""
+
+    solver: str = "euler"
+    dt: float = 0.5  # Euler step ε (Eq. 58–59); ignored by the adaptive solvers
+    t_free: float = 20.0
+    t_nudged: float = 5.0
+    tol: float = 1e-3
+    stop_at_steady_state: bool = True
+
+
+@dataclasses.dataclass
+class LearningSection:
+    """EP learning rule, nudging, and the optimiser fed with the negated EP update."""
+
+    beta: float = 1.0
+    rule: str = "endpoint"
+    nudging: str = "one-sided"
+    eta: float = 0.0  # continual mode only: synaptic rate during the nudged phase
+    optimizer: str = "sgd"  # "sgd", "momentum" or "adam"
+    momentum: float = 0.9  # for "momentum"
+    learning_rates: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.05])
+    schedule: str = "constant"  # or "cosine": decay each rate to final_fraction of it by the end
+    final_fraction: float = 0.0
+
+
+@dataclasses.dataclass
+class TrainingSection:
+    """Minibatches, epochs, seed and checkpointing."""
+
+    epochs: int = 10
+    batch_size: int = 20
+    seed: int = 0
+    eval_batch_size: int = 500
+    checkpoint_every: int = 0  # also checkpoint every N batches within an epoch (0: per epoch)
+    progress_every: int = 10  # refresh the progress bar every N batches
+
+
+@dataclasses.dataclass
+class DataSection:
+    """Dataset and where its files are."""
+
+    dataset: str = "digits"
+    data_dir: str = ""  # empty: --data-dir, $CTGEP_DATA_DIR, Debian's folder, the cache
+    validation: float = 0.0  # fraction of the training set held out for model selection
+    download: bool = True
+    verify: bool = True
+
+
+SECTIONS = {
+    "model": ModelSection,
+    "phases": PhasesSection,
+    "learning": LearningSection,
+    "training": TrainingSection,
+    "data": DataSection,
+}
+OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclasses.dataclass
+class Card:
+    """A validated model card."""
+
+    name: str = "digits"
+    description: str = ""
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    phases: PhasesSection = dataclasses.field(default_factory=PhasesSection)
+    learning: LearningSection = dataclasses.field(default_factory=LearningSection)
+    training: TrainingSection = dataclasses.field(default_factory=TrainingSection)
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The card as TOML that :func:`load_card` reads back to an equal card."""
+        lines = [f"name = {_toml_value(self.name)}", f"description = {_toml_value(self.description)}"]
+        for section in SECTIONS:
+            lines += ["", f"[{section}]"]
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    def with_overrides(self, overrides) -> "Card":
+        """A copy with `section.key=value` strings applied (then validated)."""
+        data = self.to_dict()
+        for item in overrides or ():
+            section, key, value = _parse_override(item)
+            data[section][key] = value
+        return card_from_dict(data)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(a) for a in v) + "]"
+    raise TypeError(f"cannot write {v!r} to TOML")
+
+
+def _parse_override(item: str):
+    if "=" not in item:
+        raise CardError(f"--set {item!r} must look like section.key=value")
+    path, raw = item.split("=", 1)
+    path = path.strip()
+    if "." not in path:
+        raise CardError(f"--set {item!r}: key {path!r} must be section.key, e.g. learning.beta")
+    section, key = path.split(".", 1)
+    if section not in SECTIONS:
+        raise CardError(f"--set {item!r}: unknown section {section!r}; sections are {list(SECTIONS)}")
+    fields = {f.name for f in dataclasses.fields(SECTIONS[section])}
+    if key not in fields:
+        raise CardError(f"--set {item!r}: unknown key {path!r}; {section} has {sorted(fields)}")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: a string
+    return section, key, value
+
+
+def _coerce(value, kind, where):
+    origin = typing.get_origin(kind)
+    if origin is list:
+        (inner,) = typing.get_args(kind)
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise CardError(f"{where}={value!r} must be true or false")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise CardError(f"{where}={value!r} must be an integer")
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CardError(f"{where}={value!r} must be a number")
+        return float(value)
+    if kind is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise CardError(f"{where}={value!r} must be a string")
+        return value
+    raise TypeError(kind)
+
+
+def card_from_dict(data: dict) -> Card:
+    """Build and validate a :class:`Card` from a (TOML-shaped) dict."""
+    if not isinstance(data, dict):
+        raise CardError("a card must be a TOML table")
+    unknown = set(data) - {"name", "description", *SECTIONS}
+    if unknown:
+        raise CardError(f"unknown top-level key(s) {sorted(unknown)}; expected name, description "
+                        f"and tables {list(SECTIONS)}")
+    kwargs = {}
+    for top in ("name", "description"):
+        if top in data:
+            kwargs[top] = _coerce(data[top], str, top)
+    for section, cls in SECTIONS.items():
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            raise CardError(f"[{section}] must be a table")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        bad = set(table) - fields
+        if bad:
+            raise CardError(f"unknown key(s) {sorted(f'{section}.{k}' for k in bad)}; "
+                            f"[{section}] has {sorted(fields)}")
+        kwargs[section] = cls(**{k: _coerce(v, hints[k], f"{section}.{k}") for k, v in table.items()})
+    card = Card(**kwargs)
+    validate(card)
+    return card
+
+
+def _positive(value, where):
+    if not (math.isfinite(value) and value > 0):
+        raise CardError(f"{where}={value!r} must be positive")
+
+
+def validate(card: Card) -> None:
+    """Raise :class:`CardError` naming the first inconsistent key."""
+    m, p, l, t, d = card.model, card.phases, card.learning, card.training, card.data
+    if len(m.sizes) < 2 or any(n < 1 for n in m.sizes):
+        raise CardError(f"model.sizes={m.sizes!r} needs an input and an output layer, widths ≥ 1")
+    if m.activation not in ACTIVATIONS:
+        raise CardError(f"model.activation={m.activation!r} is unknown; choose one of {sorted(ACTIVATIONS)}")
+    if m.feedback not in ("random", "transpose"):
+        try:
+            float(m.feedback)
+        except ValueError:
+            raise CardError(f"model.feedback={m.feedback!r} must be 'random', 'transpose' or an "
+                            "angle in degrees") from None
+    if p.solver not in SOLVERS:
+        raise CardError(f"phases.solver={p.solver!r} is unknown; choose one of {sorted(SOLVERS)}")
+    for key in ("dt", "t_free", "t_nudged", "tol"):
+        _positive(getattr(p, key), f"phases.{key}")
+    _positive(l.beta, "learning.beta")
+    if l.rule not in RULES:
+        raise CardError(f"learning.rule={l.rule!r} must be one of {list(RULES)}")
+    if l.nudging not in NUDGINGS:
+        raise CardError(f"learning.nudging={l.nudging!r} must be one of {list(NUDGINGS)}")
+    if l.rule == "continual":
+        _positive(l.eta, "learning.eta")
+    if l.optimizer not in OPTIMIZERS:
+        raise CardError(f"learning.optimizer={l.optimizer!r} must be one of {list(OPTIMIZERS)}")
+    if l.schedule not in SCHEDULES:
+        raise CardError(f"learning.schedule={l.schedule!r} must be one of {list(SCHEDULES)}")
+    if not 0 <= l.final_fraction <= 1:
+        raise CardError(f"learning.final_fraction={l.final_fraction!r} must be in [0, 1]")
+    if not 0 <= l.momentum < 1:
+        raise CardError(f"learning.momentum={l.momentum!r} must be in [0, 1)")
+    n_layers = len(m.sizes) - 1
+    if len(l.learning_rates) != n_layers:
+        raise CardError(f"learning.learning_rates has {len(l.learning_rates)} value(s) but "
+                        f"model.sizes={m.sizes} has {n_layers} layers of parameters (one rate each)")
+    for i, lr in enumerate(l.learning_rates):
+        _positive(lr, f"learning.learning_rates[{i}]")
+    if t.epochs < 0:
+        raise CardError(f"training.epochs={t.epochs!r} must be ≥ 0")
+    for key in ("batch_size", "eval_batch_size", "progress_every"):
+        if getattr(t, key) < 1:
+            raise CardError(f"training.{key}={getattr(t, key)!r} must be ≥ 1")
+    if t.checkpoint_every < 0:
+        raise CardError(f"training.checkpoint_every={t.checkpoint_every!r} must be ≥ 0")
+    ds = _ALIASES.get(d.dataset.lower(), d.dataset.lower())
+    if ds not in DATASETS:
+        raise CardError(f"data.dataset={d.dataset!r} is unknown; choose one of {list(DATASETS)}")
+    if not 0 <= d.validation < 1:
+        raise CardError(f"data.validation={d.validation!r} must be a fraction in [0, 1)")
+
+
+def builtin_cards() -> list[str]:
+    """Names of the cards shipped inside the package."""
+    folder = importlib.resources.files("ctgep") / "cards"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_card(source=None, overrides=()) -> Card:
+    """Read a card from a path, or a built-in card by name (default: "digits").
+
+    `overrides`: `section.key=value` strings applied on top (see :meth:`Card.with_overrides`).
+    """
+    source = "digits" if source is None else source
+    path = pathlib.Path(source)
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CardError(f"card {str(path)!r} cannot be read: {e}") from None
+        origin = str(path)
+    elif str(source) in builtin_cards():
+        text = (importlib.resources.files("ctgep") / "cards" / f"{source}.toml").read_text("utf-8")
+        origin = f"built-in card {source!r}"
+    else:
+        raise CardError(f"card {str(source)!r} not found: no such file and no built-in card of "
+                        f"that name (built-in: {builtin_cards()})")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise CardError(f"card {origin} is not valid TOML: {e}") from None
+    try:
+        card = card_from_dict(data)
+    except CardError as e:
+        raise CardError(f"card {origin}: {e}") from None
+    if overrides:
+        card = card.with_overrides(overrides)
+    return card

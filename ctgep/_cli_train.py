@@ -1,0 +1,147 @@
+"""`ctgep train`, `ctgep resume` and `ctgep evaluate`.
+
+User errors (bad card, missing data, diverging training …) end with a one-line message on
+stderr and exit status 2 (bad input) or 1 (training failed), never with a traceback.
+"""
+
+import argparse
+import json
+import sys
+
+_EPILOG_TRAIN = """\
+examples:
+  ctgep train                                  # built-in digits card, about a minute on a CPU
+  ctgep train models/mnist_784-512-512-10.toml --data-dir ~/data/mnist --epochs 5
+  ctgep train --set learning.beta=0.5 --set model.sizes=[64,128,128,10] --out runs/deep
+
+data: MNIST-like files are searched in --data-dir, $CTGEP_DATA_DIR, /usr/share/datasets/<name>
+and ~/.cache/ctgep/<name>, then downloaded there if data.download = true.
+"""
+
+
+def _common_data(p):
+    p.add_argument("--data-dir", metavar="DIR", default=None,
+                   help="folder holding the IDX files (or a <dataset>/ sub-folder with them); "
+                        "default: the card's data.data_dir, then $CTGEP_DATA_DIR, "
+                        "/usr/share/datasets/<dataset>, ~/.cache/ctgep/<dataset>")
+
+
+def _common_progress(p):
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress bars (one line per epoch is still printed)")
+
+
+def register(subparsers) -> None:
+    """Add the train, resume and evaluate subcommands to the `ctgep` parser."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "train", help="train a model card and write a run directory",
+        description="Train a network with equilibrium propagation as a model card describes, "
+                    "writing a run directory (resolved card, metrics.csv, checkpoints, "
+                    "summary.json, training.png).",
+        epilog=_EPILOG_TRAIN, formatter_class=fmt)
+    p.add_argument("card", nargs="?", default=None, metavar="CARD",
+                   help="model card: a TOML file or a built-in card name (default: digits)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a card value, e.g. --set learning.beta=0.5 or "
+                        "--set learning.learning_rates=[0.1,0.05]; repeatable")
+    p.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="number of epochs (overrides training.epochs)")
+    _common_data(p)
+    p.add_argument("--out", metavar="RUN_DIR", default=None,
+                   help="run directory to create (must not exist or be empty); "
+                        "default: runs/<card name>-<date>-<time>")
+    _common_progress(p)
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser(
+        "resume", help="continue a run from its latest checkpoint",
+        description="Continue a run (for instance one killed mid-epoch) from its latest "
+                    "checkpoint; the result is identical to an uninterrupted run.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory `ctgep train` wrote")
+    p.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="total number of epochs to reach (default: the card's)")
+    _common_data(p)
+    _common_progress(p)
+    p.set_defaults(func=_resume)
+
+    p = subparsers.add_parser(
+        "evaluate", help="error rate of a run's checkpoint",
+        description="Evaluate a run's checkpoint (prediction at the free fixed point) and print "
+                    "its error rate.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory `ctgep train` wrote")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="which checkpoint to evaluate (default: best)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="which data to evaluate on (default: test)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _common_data(p)
+    p.set_defaults(func=_evaluate)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"ctgep: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def _guarded(run):
+    from ._cards import CardError
+    from ._data import DataError
+    from ._train import TrainingError
+
+    try:
+        return run()
+    except (CardError, DataError) as e:
+        return _fail(e, 2)
+    except TrainingError as e:
+        return _fail(e, 1)
+    except OSError as e:
+        return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else e, 1)
+
+
+def _train(args) -> int:
+    def run():
+        from ._train import train
+
+        r = train(args.card, args.out, overrides=args.overrides, epochs=args.epochs,
+                  data_dir=args.data_dir, progress=not args.quiet)
+        _report(r)
+        return 0
+
+    return _guarded(run)
+
+
+def _resume(args) -> int:
+    def run():
+        from ._train import resume
+
+        r = resume(args.run_dir, epochs=args.epochs, data_dir=args.data_dir, progress=not args.quiet)
+        _report(r)
+        return 0
+
+    return _guarded(run)
+
+
+def _report(run) -> None:
+    best = run.summary.get("best") or {}
+    final = run.summary.get("final") or {}
+    if final:
+        print(f"done: {run.path}  final test error {100 * final['test_error']:.2f}%"
+              + (f", best epoch {best['epoch']}" if best else "")
+              + f", {run.summary.get('total_wall_time', 0):.1f}s training")
+
+
+def _evaluate(args) -> int:
+    def run():
+        from ._train import evaluate
+
+        r = evaluate(args.run_dir, which=args.checkpoint, data_dir=args.data_dir, split=args.split)
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"{r['run']} [{r['checkpoint']} checkpoint, after epoch {r['epoch']}]: "
+                  f"{r['split']} error {100 * r['error']:.2f}% ({r['n']} examples), "
+                  f"accuracy {100 * r['accuracy']:.2f}%")
+        return 0
+
+    return _guarded(run)
