@@ -30,6 +30,11 @@ import optimistix as optx
 from jax.flatten_util import ravel_pytree
 
 from ._adjoint import bptt_adjoint as bptt_adjoint
+from ._compare import angle as angle
+from ._compare import compare as compare
+from ._compare import cosine_similarity as cosine_similarity
+from ._compare import relative_error as relative_error
+from ._compare import sign_agreement as sign_agreement
 from ._adjoint import rbp_adjoint as rbp_adjoint
 from ._adjoint import trajectory as trajectory
 from ._dynamics import AbstractDynamics
@@ -37,8 +42,11 @@ from ._phases import PhaseResult, _mu_beta, _split, _synapse_rate, free_phase, n
 from ._solvers import Adaptive
 
 __all__ = [
+    "angle",
     "bptt",
     "bptt_adjoint",
+    "compare",
+    "cosine_similarity",
     "dcost_dbeta",
     "dfixed_point_dbeta",
     "dfixed_point_dtheta",
@@ -49,6 +57,8 @@ __all__ = [
     "nu",
     "rbp",
     "rbp_adjoint",
+    "relative_error",
+    "sign_agreement",
     "trajectory",
 ]
 
