@@ -14,6 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import _cli_train
 
     _cli_train.register(sub)
+    from . import _cli_record
+
+    _cli_record.register(sub)
     return parser
 
 

@@ -615,7 +615,8 @@ def error_arrival_times(ds: xr.Dataset, fraction: float = 0.5, per_sample: bool 
 
     The magnitude is `error_magnitude` (RMS over the layer's neurons of `(s^β(t) − s⁰)/β`),
     averaged over the recorded samples unless `per_sample`; the crossing is interpolated
-    linearly between records. NaN where the final magnitude is zero.
+    linearly between records. NaN where the final magnitude is zero. Coordinates:
+    `final_magnitude` (the magnitude where the phase ended) and `distance` (layers from the output).
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
@@ -638,6 +639,10 @@ def error_arrival_times(ds: xr.Dataset, fraction: float = 0.5, per_sample: bool 
         return float(t[k - 1] + (target - m0) / (m1 - m0) * (t[k] - t[k - 1]))
 
     out = xr.apply_ufunc(crossing, mag, input_core_dims=[["time"]], vectorize=True)
+    out = out.assign_coords(
+        final_magnitude=mag.isel(time=-1).drop_vars(["time", "t"], errors="ignore"),
+        distance=("layers", int(ds.layers.max()) - ds.layers.values),
+    )
     out.name = "arrival_time"
     out.attrs["long_name"] = f"time for the error magnitude to reach {fraction:g} of its final value"
     return out

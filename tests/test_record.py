@@ -196,3 +196,22 @@ def test_arrival_times_and_figures(tmp_path, euler_record):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="neurons: 99 was not recorded"):
         ctgep.plot_phase_portrait(ds, [0, 99])
+
+
+def test_cli_record(tmp_path, capsys):
+    from ctgep._cli import main
+
+    out = tmp_path / "rec"
+    argv = ["record", "--sizes", "64,6,5,10", "--samples", "3", "--solver", "euler", "--every", "4",
+            "--t-free", "20", "--t-nudged", "20", "--increments", "b_2", "--out", str(out)]
+    assert main(argv) == 0
+    ds = ctgep.load_record(out / "record.nc")
+    assert ds.sizes["sample"] == 3 and ds.sizes["neuron"] == 6 + 5 + 10
+    assert "increment_b_2" in ds and json.loads(ds.attrs["solver"])["kind"] == "euler"
+    assert ctgep.record_settings(ds)["sampling"] == {"kind": "steps", "every": 4}
+    for name in ("error_signal", "state_heatmaps", "error_heatmaps", "phase_portrait"):
+        assert (out / f"{name}.png").is_file()
+    assert "error arrival time" in capsys.readouterr().out
+    assert main(argv[:-2] + ["--layers", "7", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ctgep record: error: layers: unknown layer index 7") and "\n" not in err

@@ -1,0 +1,212 @@
+"""`ctgep record`: record a network's free and nudged phases to netCDF and draw the figures.
+
+Bad input (unknown layer, neuron out of range, missing run directory …) ends with a one-line
+message on stderr and exit status 2, never with a traceback.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+_EPILOG = """\
+examples:
+  ctgep record --out rec/                                  # untrained 64-32-32-10 net on digits
+  ctgep record runs/digits-20250101-120000 --out rec/      # a trained run (best checkpoint)
+  ctgep record digits --sizes 64,64,64,64,10 --every 5 --layers -1,1 --neurons 16 --out rec/
+  ctgep record --checkpoint runs/x --which latest --grid 400 --increments Wf_2,b_2 --out rec/
+
+writes OUT/record.nc (load it with ctgep.load_record) and OUT/{error_signal,state_heatmaps,
+error_heatmaps,phase_portrait}.png, and prints the error signal's arrival time per layer.
+"""
+
+
+def _ints(text, name):
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{name}={text!r} must be comma-separated integers") from None
+
+
+def register(subparsers) -> None:
+    """Add the `record` subcommand to the `ctgep` parser."""
+    p = subparsers.add_parser(
+        "record", help="record the free and nudged phases' trajectories (netCDF + figures)",
+        description="Run the free and nudged phases of a network on a few examples, record the "
+                    "neuron states, residuals, error signals and running synapse increments over "
+                    "time into a netCDF file, and draw the error-signal, heatmap and phase-portrait "
+                    "figures.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", nargs="?", default=None, metavar="RUN_DIR_OR_CARD",
+                   help="a run directory written by `ctgep train` (trained weights), or a model card "
+                        "(TOML path or built-in name; untrained weights from --seed); default: a "
+                        "network built from --sizes")
+    p.add_argument("--checkpoint", metavar="RUN_DIR", default=None,
+                   help="same as giving RUN_DIR as the positional argument")
+    p.add_argument("--which", choices=("best", "latest"), default="best",
+                   help="which checkpoint of a run directory (default: best)")
+    p.add_argument("--sizes", default=None, metavar="N0,N1,...",
+                   help="layer widths input → output when no run/card is given (default 64,32,32,10), "
+                        "or replacing the card's")
+    p.add_argument("--activation", default=None, help="firing rate ρ (default: the card's, else hard_sigmoid)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed of untrained weights (default 0)")
+    p.add_argument("--data", default=None, metavar="NAME",
+                   help="digits, mnist or fashion-mnist (default: the card's, else digits)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="where MNIST-like files are")
+    p.add_argument("--samples", type=int, default=8, metavar="N",
+                   help="number of test examples in the batch (default 8; all are recorded)")
+    p.add_argument("--beta", type=float, default=None, help="nudging strength (default: the card's, else 0.5)")
+    p.add_argument("--solver", default=None, choices=("tsit5", "dopri5", "kvaerno5", "euler"),
+                   help="phase solver (default tsit5: a continuous-time trajectory)")
+    p.add_argument("--dt", type=float, default=None, help="Euler step (default: the card's, else 0.5)")
+    p.add_argument("--t-free", type=float, default=50.0, help="free-phase horizon (default 50)")
+    p.add_argument("--t-nudged", type=float, default=50.0, help="nudged-phase horizon (default 50)")
+    p.add_argument("--tol", type=float, default=1e-4, help="steady-state tolerance on ‖μ‖∞ (default 1e-4)")
+    p.add_argument("--layers", default=None, metavar="L1,L2",
+                   help="dynamic layers whose neurons are recorded, 1..L or −1 = output (default all)")
+    p.add_argument("--neurons", type=int, default=None, metavar="K",
+                   help="record the first K neurons of each chosen layer (default all)")
+    s = p.add_mutually_exclusive_group()
+    s.add_argument("--every", type=int, default=None, metavar="N", help="record every N-th solver step")
+    s.add_argument("--steps", action="store_true", help="record every solver step")
+    s.add_argument("--grid", type=int, default=None, metavar="N",
+                   help="record at N evenly spaced times (default 201)")
+    p.add_argument("--increments", default=None, metavar="P1,P2|all",
+                   help="parameters whose running synapse increment is recorded in full, e.g. Wf_2,b_2 "
+                        "(norms of all are always recorded)")
+    p.add_argument("--no-figures", action="store_true", help="write the netCDF file only")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.set_defaults(func=_record)
+
+
+def _network(args):
+    """(net, card-or-None, description) from a run directory, a card, or the options."""
+    import jax.random as jr
+
+    from ._dynamics import LayeredNetwork
+
+    source = args.checkpoint or args.source
+    if args.checkpoint and args.source:
+        raise ValueError("give the run directory either as RUN_DIR or as --checkpoint, not both")
+    if source is None:
+        sizes = _ints(args.sizes, "sizes") if args.sizes else [64, 32, 32, 10]
+        net = LayeredNetwork(sizes, args.activation or "hard_sigmoid", key=jr.PRNGKey(args.seed))
+        return net, None, f"untrained {'-'.join(map(str, sizes))} network (seed {args.seed})"
+    try:
+        from ._cards import load_card
+        from ._train import build_network, load_run
+    except ImportError:  # the training modules are optional for recording
+        raise ValueError(f"cannot read {source!r}: ctgep's training modules are unavailable") from None
+    path = pathlib.Path(source)
+    if path.is_dir() and (path / "card.toml").is_file():
+        if args.sizes or args.activation:
+            raise ValueError("--sizes/--activation cannot change a trained run's network")
+        run = load_run(path, args.which)
+        return run.net, run.card, f"run {path} ({run.checkpoint.get('tag')} checkpoint, epoch {run.checkpoint.get('epoch')})"
+    if args.checkpoint:
+        raise ValueError(f"--checkpoint={source!r} is not a run directory (no card.toml)")
+    overrides = []
+    if args.sizes:
+        sizes = _ints(args.sizes, "sizes")
+        overrides.append(f"model.sizes=[{','.join(map(str, sizes))}]")
+        rates = list(load_card(source).learning.learning_rates)  # one per layer: keep the card valid
+        rates = (rates + rates[-1:] * len(sizes))[: max(len(sizes) - 1, 1)]
+        overrides.append(f"learning.learning_rates=[{','.join(map(str, rates))}]")
+    if args.activation:
+        overrides.append(f"model.activation={json.dumps(args.activation)}")
+    card = load_card(source, overrides)
+    net = build_network(card, jr.PRNGKey(args.seed))
+    return net, card, f"untrained network of card {card.name!r} (seed {args.seed})"
+
+
+def _inputs(args, card, net):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    name = args.data or (card.data.dataset if card is not None else "digits")
+    data_dir = args.data_dir or (card.data.data_dir or None if card is not None else None)
+    from ._data import load_dataset
+
+    data = load_dataset(name, data_dir=data_dir, download=False)
+    if data.n_features != net.sizes[0]:
+        raise ValueError(f"--data={name!r} has {data.n_features} features but the network's input layer has {net.sizes[0]}")
+    if net.sizes[-1] != data.n_classes:
+        raise ValueError(f"--data={name!r} has {data.n_classes} classes but the network's output layer has {net.sizes[-1]}")
+    if args.samples < 1:
+        raise ValueError(f"--samples={args.samples} must be ≥ 1")
+    n = min(args.samples, len(data.y_test))
+    x = jnp.asarray(data.x_test[:n])
+    y = jax.nn.one_hot(jnp.asarray(np.asarray(data.y_test[:n])), data.n_classes)
+    return x, y, name
+
+
+def _record(args) -> int:
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"ctgep record: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 — TrainingError and friends: still one line
+        if type(e).__name__ in ("TrainingError", "DataError", "CardError"):
+            print(f"ctgep record: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _run(args) -> int:
+    from ._plots import save_figures
+    from ._record import error_arrival_times, record
+    from ._solvers import Euler, get_solver
+
+    net, card, what = _network(args)
+    x, y, data_name = _inputs(args, card, net)
+    phases = card.phases if card is not None else None
+    solver_name = args.solver or "tsit5"
+    if solver_name == "euler":
+        dt = args.dt if args.dt is not None else (phases.dt if phases is not None else 0.5)
+        solver = Euler(dt=float(dt))
+    else:
+        solver = get_solver(solver_name)
+    beta = args.beta if args.beta is not None else (card.learning.beta if card is not None else 0.5)
+    if args.every is not None:
+        sampling = args.every
+    elif args.steps:
+        sampling = "steps"
+    elif args.grid is not None:
+        if args.grid < 2:
+            raise ValueError(f"--grid={args.grid} needs at least 2 points")
+        import numpy as np
+
+        sampling = np.linspace(0.0, max(args.t_free, args.t_nudged), args.grid)
+        if isinstance(solver, Euler):
+            sampling = np.unique(np.rint(sampling / solver.dt)) * solver.dt
+    else:
+        sampling = "grid"
+    increments = None
+    if args.increments:
+        increments = "all" if args.increments == "all" else [s.strip() for s in args.increments.split(",") if s.strip()]
+    ds = record(
+        net, x, y, beta=beta, solver=solver, t_free=args.t_free, t_nudged=args.t_nudged, tol=args.tol,
+        layers=_ints(args.layers, "layers") if args.layers else None, neurons=args.neurons,
+        sampling=sampling, increments=increments, card=card.to_dict() if card is not None else None,
+    )
+    ds.attrs["source"] = what
+    ds.attrs["data"] = data_name
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "record.nc"
+    ds.to_netcdf(path)
+    print(f"recorded {what} on {ds.sizes['sample']} {data_name} examples → {path}")
+    print(f"  free phase: t_stop={float(ds.t_stop[0]):.3g} ({int(ds.steps[0])} steps); "
+          f"nudged phase: t_stop={float(ds.t_stop[1]):.3g} ({int(ds.steps[1])} steps); "
+          f"{ds.sizes['time']} time points × {ds.sizes['neuron']} neurons")
+    arrival = error_arrival_times(ds)
+    print("  layer  distance from output  error arrival time (half of final)  final |error| (RMS)")
+    for l in ds.layers.values:
+        a = arrival.sel(layers=l)
+        print(f"  {int(l):5d}  {int(a.distance):20d}  {float(a):35.3f}  {float(a.final_magnitude):.4g}")
+    if not args.no_figures:
+        for key, p in save_figures(ds, out).items():
+            print(f"  figure {key}: {p}")
+    return 0
