@@ -218,10 +218,14 @@ def _locate(name: str, data_dir, download: bool) -> pathlib.Path:
             raise
         except (OSError, urllib.error.URLError, ValueError) as e:
             reason = getattr(e, "reason", e)
+            try:
+                target.rmdir()  # only if the failed attempt left it empty
+            except OSError:
+                pass
             raise DataError(f"{name} files not found (looked in {', '.join(map(str, dirs))}) "
                             f"and downloading into {target} failed ({reason}); {how}") from None
     raise DataError(f"{name} files {[s + '.gz' for s in FILES.values()]} not found (looked in "
-                    f"{', '.join(map(str, dirs))}); {how}, or allow downloading")
+                    f"{', '.join(map(str, dirs))}); {how} (downloading is off: data.download = false)")
 
 
 def _load_idx_dataset(name: str, data_dir, download: bool, verify: bool):

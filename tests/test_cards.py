@@ -1,0 +1,109 @@
+"""Model cards: built-in and repository cards, TOML round trip, --set overrides, validation."""
+
+import pathlib
+
+import pytest
+
+import ctgep
+from ctgep._cards import Card, CardError, builtin_cards, load_card
+
+MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
+
+
+def test_builtin_digits_card_is_the_default_and_matches_models_copy():
+    assert "digits" in builtin_cards()
+    card = load_card()
+    assert card.name == "digits" and card.data.dataset == "digits"
+    assert card.model.sizes[0] == 64 and card.model.sizes[-1] == 10
+    assert load_card(MODELS / "digits.toml") == card
+
+
+@pytest.mark.parametrize("path", sorted(MODELS.glob("*.toml")), ids=lambda p: p.stem)
+def test_repository_cards_load_and_round_trip(path, tmp_path):
+    card = load_card(path)
+    assert len(card.learning.learning_rates) == len(card.model.sizes) - 1
+    copy = tmp_path / "card.toml"
+    copy.write_text(card.to_toml())
+    assert load_card(copy) == card
+
+
+def test_paper_cards_follow_table_1():
+    two = load_card(MODELS / "mnist_784-512-512-10.toml")
+    three = load_card(MODELS / "mnist_784-512-512-512-10.toml")
+    assert two.model.sizes == [784, 512, 512, 10] and three.model.sizes == [784, 512, 512, 512, 10]
+    for c in (two, three):
+        assert c.training.batch_size == 20 and c.model.activation == "hard_sigmoid"
+        assert round(c.phases.t_free / c.phases.dt) == 200 and round(c.phases.t_nudged / c.phases.dt) == 100
+    assert three.learning.learning_rates == [1.0, 0.1, 0.04, 0.002] and three.learning.beta == 1.0
+    assert two.learning.learning_rates[1:] == [0.1, 0.01]
+    assert load_card(MODELS / "fashion-mnist_784-512-512-10.toml").data.dataset == "fashion-mnist"
+
+
+def test_overrides_are_coerced_to_the_field_types():
+    card = load_card("digits", overrides=[
+        "learning.beta=0.25", "training.epochs=3", "model.sizes=[64, 32, 10]",
+        "phases.solver=tsit5", "data.download=false", "phases.t_free=7",
+        "learning.learning_rates=[1, 0.5]", "model.feedback=45",
+    ])
+    assert card.learning.beta == 0.25 and card.training.epochs == 3
+    assert card.model.sizes == [64, 32, 10] and card.phases.solver == "tsit5"
+    assert card.data.download is False and card.phases.t_free == 7.0
+    assert isinstance(card.phases.t_free, float)
+    assert card.learning.learning_rates == [1.0, 0.5] and card.model.feedback == "45"
+
+
+@pytest.mark.parametrize("item, words", [
+    ("learning.betta=1", ["learning.betta", "beta"]),
+    ("nosuch.key=1", ["nosuch"]),
+    ("beta=1", ["section.key"]),
+    ("learning.beta", ["section.key=value"]),
+    ("training.epochs=2.5", ["training.epochs", "integer"]),
+    ("data.download=maybe", ["data.download"]),
+])
+def test_bad_overrides_name_the_key(item, words):
+    with pytest.raises(CardError) as e:
+        load_card("digits", overrides=[item])
+    for w in words:
+        assert w in str(e.value)
+
+
+@pytest.mark.parametrize("item, key", [
+    ("learning.beta=0", "learning.beta"),
+    ("learning.beta=-1", "learning.beta"),
+    ("learning.learning_rates=[0.1, 0]", "learning.learning_rates[1]"),
+    ("learning.learning_rates=[0.1]", "learning.learning_rates"),
+    ("phases.dt=-0.5", "phases.dt"),
+    ("phases.solver=rk4", "phases.solver"),
+    ("model.activation=relu6", "model.activation"),
+    ("data.dataset=cifar", "data.dataset"),
+    ("training.batch_size=0", "training.batch_size"),
+    ("learning.rule=magic", "learning.rule"),
+])
+def test_invalid_values_are_rejected(item, key):
+    with pytest.raises(CardError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_card("digits", overrides=[item])
+
+
+def test_missing_malformed_and_unknown_key_cards(tmp_path):
+    with pytest.raises(CardError, match="not found"):
+        load_card(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nsizes = [1, 2]\n")
+    with pytest.raises(CardError, match="not valid TOML"):
+        load_card(bad)
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[model]\nsize = [64, 10]\n")
+    with pytest.raises(CardError, match="model.size"):
+        load_card(typo)
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text('[training]\nepochs = "ten"\n')
+    with pytest.raises(CardError, match="training.epochs"):
+        load_card(wrong)
+
+
+def test_defaults_fill_missing_tables(tmp_path):
+    minimal = tmp_path / "minimal.toml"
+    minimal.write_text('name = "tiny"\n[model]\nsizes = [64, 20, 10]\n[learning]\nlearning_rates = [0.1, 0.1]\n')
+    card = load_card(minimal)
+    assert card.name == "tiny" and card.training == Card().training
+    assert ctgep.load_card is load_card

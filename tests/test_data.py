@@ -1,0 +1,185 @@
+"""Datasets: digits split, IDX reading, checksums, search order, and a real HTTP download."""
+
+import contextlib
+import functools
+import gzip
+import hashlib
+import http.server
+import os
+import pathlib
+import threading
+
+import numpy as np
+import pytest
+
+import ctgep
+from ctgep import _data
+from ctgep._data import DataError, FILES, load_dataset, read_idx, write_idx
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    """No user cache, no environment variable: each test says where the data is."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CTGEP_DATA_DIR", raising=False)
+
+
+def _fake_mnist(folder: pathlib.Path, n_train=30, n_test=12, seed=0):
+    """The four IDX files of a tiny MNIST-like set; returns (arrays, md5 table)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train_labels": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    sums = {}
+    for key, stem in FILES.items():
+        path = folder / (stem + ".gz")
+        write_idx(path, arrays[key])
+        sums[path.name] = (hashlib.md5(path.read_bytes()).hexdigest(),)
+    return arrays, sums
+
+
+def test_digits_fixed_split_scaled_and_stratified():
+    a, b = load_dataset("digits", seed=0), load_dataset("digits", seed=5)
+    assert a.x_train.dtype == np.float32 and a.x_train.shape[1] == 64 == a.n_features
+    assert 0.0 <= a.x_train.min() and a.x_train.max() == 1.0
+    assert len(a.y_train) + len(a.y_test) == 1797
+    np.testing.assert_array_equal(a.x_test, b.x_test)  # the split does not depend on the seed
+    counts = np.bincount(a.y_test, minlength=10)
+    assert counts.min() >= 0.8 * counts.max()
+    train_rows = {r.tobytes() for r in a.x_train}
+    assert sum(r.tobytes() in train_rows for r in a.x_test) < 5  # (digits has a few duplicates)
+
+
+def test_validation_split_is_carved_from_training():
+    full = load_dataset("digits")
+    v = load_dataset("digits", validation=0.2, seed=3)
+    assert len(v.y_val) == round(0.2 * len(full.y_train))
+    assert len(v.y_val) + len(v.y_train) == len(full.y_train)
+    assert sorted(np.concatenate([v.y_val, v.y_train])) == sorted(full.y_train)
+    np.testing.assert_array_equal(v.x_val, load_dataset("digits", validation=0.2, seed=3).x_val)
+    with pytest.raises(DataError, match="validation"):
+        load_dataset("digits", validation=1.5)
+
+
+def test_unknown_dataset():
+    with pytest.raises(DataError, match="dataset='cifar10' is unknown"):
+        load_dataset("cifar10")
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip_and_corruption(tmp_path, gz):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / ("a.idx.gz" if gz else "a.idx")
+    write_idx(path, a)
+    np.testing.assert_array_equal(read_idx(path), a)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 7])
+    with pytest.raises(DataError, match="truncated|corrupted"):
+        read_idx(path)
+    path.write_bytes((b"\x00\x00\x0d\x03" + raw[4:]) if not gz else b"not gzip at all")
+    with pytest.raises(DataError, match=str(path.name)):
+        read_idx(path)
+
+
+def test_mnist_from_data_dir_env_and_checksums(tmp_path, monkeypatch):
+    arrays, sums = _fake_mnist(tmp_path / "root" / "mnist")
+    monkeypatch.setitem(_data.CHECKSUMS, "mnist", sums)
+    d = load_dataset("mnist", data_dir=tmp_path / "root", download=False)  # <dir>/mnist/ layout
+    np.testing.assert_allclose(d.x_train, arrays["train_images"].reshape(30, -1) / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(d.y_test, arrays["test_labels"])
+    monkeypatch.setenv("CTGEP_DATA_DIR", str(tmp_path / "root" / "mnist"))
+    assert load_dataset("mnist", download=False).source == str(tmp_path / "root" / "mnist")
+    # A file whose digest is unknown is refused, unless verification is switched off.
+    monkeypatch.setitem(_data.CHECKSUMS, "mnist", dict(sums, **{"t10k-labels-idx1-ubyte.gz": ("0" * 32,)}))
+    with pytest.raises(DataError, match="md5"):
+        load_dataset("mnist", download=False)
+    assert len(load_dataset("mnist", download=False, verify=False).y_test) == 12
+
+
+def test_both_mnist_training_image_digests_are_accepted():
+    accepted = _data.CHECKSUMS["mnist"]["train-images-idx3-ubyte.gz"]
+    assert "f68b3c2dcbeaaa9fbdd348bbdeb94873" in accepted and "a0800b9e8c812b9e45b911451b965316" in accepted
+
+
+def test_truncated_idx_in_a_dataset(tmp_path):
+    _fake_mnist(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    with gzip.open(path, "wb") as f:
+        f.write(raw[:-100])
+    with pytest.raises(DataError, match="train-images.*truncated"):
+        load_dataset("mnist", data_dir=tmp_path, download=False, verify=False)
+    with pytest.raises(DataError, match="md5"):  # with verification the digest catches it first
+        load_dataset("mnist", data_dir=tmp_path, download=False)
+
+
+def test_missing_files_message_says_where_and_how(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion-mnist", data_dir=tmp_path / "empty", download=False)
+    msg = str(e.value)
+    assert str(tmp_path / "empty") in msg and "/usr/share/datasets/fashion-mnist" in msg
+    assert "--data-dir" in msg and "CTGEP_DATA_DIR" in msg and "http" in msg
+    assert "\n" not in msg
+
+
+@contextlib.contextmanager
+def _serve(folder):
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/files/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_from_a_local_http_server(tmp_path, monkeypatch):
+    arrays, sums = _fake_mnist(tmp_path / "site" / "files", seed=1)
+    monkeypatch.setitem(_data.CHECKSUMS, "mnist", sums)
+    with _serve(tmp_path / "site") as url:
+        monkeypatch.setitem(_data.BASE_URLS, "mnist", url)
+        target = tmp_path / "downloaded"
+        d = load_dataset("mnist", data_dir=target, download=True)
+        assert sorted(p.name for p in target.iterdir()) == sorted(s + ".gz" for s in FILES.values())
+        np.testing.assert_array_equal(d.y_train, arrays["train_labels"])
+        # A download that does not match the published digest is refused and not kept.
+        monkeypatch.setitem(_data.CHECKSUMS, "mnist", dict(sums, **{"t10k-images-idx3-ubyte.gz": ("f" * 32,)}))
+        with pytest.raises(DataError, match="md5"):
+            load_dataset("mnist", data_dir=tmp_path / "bad", download=True)
+        assert not (tmp_path / "bad" / "t10k-images-idx3-ubyte.gz").exists()
+        assert not [p for p in (tmp_path / "bad").iterdir() if p.name.endswith(".part")]
+        monkeypatch.setitem(_data.CHECKSUMS, "mnist", sums)
+        # Into the cache when no folder is given.
+        d2 = load_dataset("mnist", download=True)
+        assert pathlib.Path(d2.source) == tmp_path / "cache" / "ctgep" / "mnist"
+    # Nothing listens any more: a clear one-line message, no half-made folder.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    with pytest.raises(DataError, match="downloading into .* failed"):
+        load_dataset("mnist", data_dir=tmp_path / "offline", download=True)
+    assert not (tmp_path / "offline").exists()
+
+
+_REAL_DIR = os.environ.get("CTGEP_DATA_DIR")  # read before the fixture hides it
+
+
+@pytest.mark.skipif(not _REAL_DIR, reason="set CTGEP_DATA_DIR to a folder with MNIST to run")
+def test_real_mnist_when_available():
+    try:
+        d = load_dataset("mnist", data_dir=_REAL_DIR, download=False)
+    except DataError as e:
+        if "not found" in str(e):
+            pytest.skip("no MNIST under CTGEP_DATA_DIR")
+        raise
+    assert d.x_train.shape == (60000, 784) and d.x_test.shape == (10000, 784)
+    assert ctgep.load_dataset is load_dataset
