@@ -17,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import _cli_record
 
     _cli_record.register(sub)
+    from . import _cli_check
+
+    _cli_check.register(sub)
     return parser
 
 
