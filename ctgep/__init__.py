@@ -51,4 +51,6 @@ from ._train import (
     train as train,
 )
 
+from . import gradients as gradients
+
 __version__ = "0.1.0"
