@@ -165,3 +165,52 @@ def test_theorem6_rejects_a_mismatched_trajectory(x64):
         G.bptt_adjoint(net, x[:2], y[:2], traj)
     with pytest.raises(ValueError, match="no variable"):
         G.bptt_adjoint(net, x, y, traj, state_var="v")
+
+
+def _report(passed):
+    rows = [_checks.Row("RBP = finite differences", "rel", 1e-11, "≤ 1e-06", True),
+            _checks.Row("Theorem 6", "rel", 1.0 if not passed else 1e-9, "≤ 1e-05", passed)]
+    ds = xr.Dataset(
+        {"ep_error": (("rule", "nudging", "beta"), np.outer(np.ones(4), _checks.BETAS).reshape(2, 2, -1)),
+         "bptt_error": ("horizon", np.exp(-np.array(_checks.HORIZONS))),
+         "asymmetry": ("feedback_deg", np.linspace(0, 0.6, len(_checks.FEEDBACK_DEGREES))),
+         "angle_nu_grad": ("feedback_deg", np.linspace(0, 40, len(_checks.FEEDBACK_DEGREES))),
+         "measured": ("row", [r.measured for r in rows]), "passed": ("row", [r.passed for r in rows]),
+         "quantity": ("row", [r.quantity for r in rows]), "criterion": ("row", [r.criterion for r in rows]),
+         "slowest_eigenvalue": -1.0},
+        coords={"row": [0, 1], "check": ("row", [r.check for r in rows]), "rule": ["endpoint", "integrated"],
+                "nudging": ["one-sided", "centered"], "beta": list(_checks.BETAS),
+                "horizon": list(_checks.HORIZONS), "feedback_deg": list(_checks.FEEDBACK_DEGREES)},
+    )
+    return _checks.CheckReport(rows, ds)
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_check_cli_prints_the_table_writes_files_and_sets_the_exit_code(monkeypatch, tmp_path, capsys, passed):
+    from ctgep._cli import main
+
+    monkeypatch.setattr(_checks, "run_checks", lambda net, seed, log: _report(passed))
+    code = main(["check", "--out", str(tmp_path), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == (0 if passed else 1)
+    assert "RBP = finite differences" in out and ("FAIL" in out) != passed
+    ds = xr.load_dataset(tmp_path / "check.nc")
+    assert list(ds.check.values) == ["RBP = finite differences", "Theorem 6"]
+    assert list(ds.passed.values) == [1, int(passed)]
+    assert (tmp_path / "check.png").stat().st_size > 10_000
+
+
+def test_check_cli_rejects_an_unknown_card(tmp_path):
+    from ctgep._cli import main
+
+    with pytest.raises(SystemExit, match="not found"):
+        main(["check", "--card", str(tmp_path / "nope.toml"), "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_ctgep_check_passes_end_to_end(tmp_path):
+    from ctgep._cli import main
+
+    assert main(["check", "--out", str(tmp_path), "--quiet"]) == 0
+    ds = xr.load_dataset(tmp_path / "check.nc")
+    assert bool(ds.passed.all()) and ds.attrs["all_passed"] == 1
