@@ -81,6 +81,8 @@ class DataSection:
     validation: float = 0.0  # fraction of the training set held out for model selection
     download: bool = True
     verify: bool = True
+    max_train: int = 0  # use only the first N training examples (0: all), for smoke runs
+    max_test: int = 0  # likewise for the test set
 
 
 SECTIONS = {
@@ -269,6 +271,8 @@ def validate(card: Card) -> None:
     ds = _ALIASES.get(d.dataset.lower(), d.dataset.lower())
     if ds not in DATASETS:
         raise CardError(f"data.dataset={d.dataset!r} is unknown; choose one of {list(DATASETS)}")
+    if d.max_train < 0 or d.max_test < 0:
+        raise CardError("data.max_train and data.max_test must be ≥ 0 (0: all examples)")
     if not 0 <= d.validation < 1:
         raise CardError(f"data.validation={d.validation!r} must be a fraction in [0, 1)")
 

@@ -117,8 +117,21 @@ def _params(net):
 # Jitted steps
 
 
-def _make_steps(card: Card, optimizer):
-    """The jitted train step and evaluation step for `card` (python floats stay static)."""
+_STEPS_CACHE: dict = {}
+
+
+def _make_steps(card: Card, optimizer, cache_key=None):
+    """The jitted train step and evaluation step for `card` (python floats stay static).
+
+    With a `cache_key` the pair is memoised, so that runs of the same configuration (other
+    seeds, a resume in the same process) reuse the compiled code.
+    """
+    if cache_key is not None:
+        if cache_key not in _STEPS_CACHE:
+            if len(_STEPS_CACHE) > 8:
+                _STEPS_CACHE.clear()
+            _STEPS_CACHE[cache_key] = _make_steps(card, optimizer)
+        return _STEPS_CACHE[cache_key]
     solver = build_solver(card)
     p, l = card.phases, card.learning
     common = dict(solver=solver, tol=float(p.tol), stop_at_steady_state=bool(p.stop_at_steady_state))
@@ -162,8 +175,13 @@ def _make_steps(card: Card, optimizer):
     return train_step, eval_step
 
 
+@eqx.filter_jit
+def _permutation(key, epoch, n: int):
+    return jr.permutation(jr.fold_in(key, epoch), n).astype(jnp.int32)
+
+
 def _zero_accum():
-    return {k: jnp.zeros((), jnp.float32) for k in _ACCUM}
+    return {k: np.zeros((), np.float32) for k in _ACCUM}
 
 
 def error_rate(net, x, labels, card: Card, eval_step=None) -> float:
@@ -176,12 +194,12 @@ def error_rate(net, x, labels, card: Card, eval_step=None) -> float:
     bs = min(card.training.eval_batch_size, n)
     n_batches = -(-n // bs)
     pad = n_batches * bs - n
-    x = jnp.concatenate([jnp.asarray(x), jnp.zeros((pad, x.shape[1]), x.dtype)])
-    labels = jnp.concatenate([jnp.asarray(labels), jnp.zeros((pad,), labels.dtype)])
-    mask = jnp.arange(n_batches * bs) < n
-    errors = sum(eval_step(net, x[i * bs:(i + 1) * bs], labels[i * bs:(i + 1) * bs],
-                           mask[i * bs:(i + 1) * bs]) for i in range(n_batches))
-    return float(errors) / n
+    x = np.concatenate([np.asarray(x, np.float32), np.zeros((pad, x.shape[1]), np.float32)])
+    labels = np.concatenate([np.asarray(labels, np.int32), np.zeros((pad,), np.int32)])
+    mask = np.arange(n_batches * bs) < n
+    errors = [eval_step(net, x[i * bs:(i + 1) * bs], labels[i * bs:(i + 1) * bs],
+                        mask[i * bs:(i + 1) * bs]) for i in range(n_batches)]
+    return float(sum(int(e) for e in errors)) / n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,8 +341,11 @@ def _check_data(card: Card, data: Dataset) -> None:
 
 def _load_data(card: Card, data_dir=None) -> Dataset:
     d = card.data
-    return load_dataset(d.dataset, data_dir=data_dir or d.data_dir or None, validation=d.validation,
+    data = load_dataset(d.dataset, data_dir=data_dir or d.data_dir or None, validation=d.validation,
                         seed=card.training.seed, download=d.download, verify=d.verify)
+    cut = lambda a, n: a if (a is None or not n) else a[:n]
+    return dataclasses.replace(data, x_train=cut(data.x_train, d.max_train), y_train=cut(data.y_train, d.max_train),
+                               x_test=cut(data.x_test, d.max_test), y_test=cut(data.y_test, d.max_test))
 
 
 def _default_out(card: Card) -> pathlib.Path:
@@ -350,18 +371,25 @@ class _Trainer:
         self.init_key, self.perm_key, self.step_key = jr.split(key, 3)
         self.n_batches = len(data.y_train) // t.batch_size
         self.optimizer = build_optimizer(card, self.n_batches)
-        self.train_step, self.eval_step = _make_steps(card, self.optimizer)
+        key = json.dumps([dataclasses.asdict(card.model), dataclasses.asdict(card.phases),
+                          dataclasses.asdict(card.learning), t.batch_size, self.n_batches,
+                          t.epochs if card.learning.schedule != "constant" else None])
+        self.train_step, self.eval_step = _make_steps(card, self.optimizer, key)
         self.x = jnp.asarray(data.x_train, jnp.float32)
         self.y = jnp.asarray(data.y_train, jnp.int32)
         self.last_plot = -math.inf
-        self.beta = jnp.asarray(card.learning.beta, jnp.float32)
+        self.beta = np.float32(card.learning.beta)
 
     def fresh(self):
-        net = build_network(self.card, self.init_key)
-        return net, self.optimizer.init(_params(net))
+        # One compiled initialisation instead of dozens of eagerly dispatched operations.
+        def init(key):
+            net = build_network(self.card, key)
+            return net, self.optimizer.init(_params(net))
+
+        return eqx.filter_jit(init)(self.init_key)
 
     def perm(self, epoch):
-        return jr.permutation(jr.fold_in(self.perm_key, epoch), len(self.data.y_train)).astype(jnp.int32)
+        return _permutation(self.perm_key, np.int32(epoch), len(self.data.y_train))
 
     def _meta(self, epoch, batch, step, accum, elapsed, history, best):
         return {"epoch": epoch, "batch": batch, "step": step, "seed": self.card.training.seed,
@@ -381,7 +409,7 @@ class _Trainer:
         card, t = self.card, self.card.training
         epoch, batch, step = meta["epoch"], meta["batch"], meta["step"]
         history, best = list(meta["history"]), meta["best"]
-        accum = {k: jnp.asarray(meta["accum"].get(k, 0.0), jnp.float32) for k in _ACCUM}
+        accum = {k: np.float32(meta["accum"].get(k, 0.0)) for k in _ACCUM}
         elapsed = meta["elapsed"]
         from tqdm.auto import tqdm
 
@@ -395,8 +423,8 @@ class _Trainer:
                 t0, done0 = time.perf_counter() - elapsed, batch
                 while batch < self.n_batches:
                     net, opt_state, accum = self.train_step(
-                        net, opt_state, accum, self.x, self.y, perm, jnp.int32(batch),
-                        jnp.int32(step), self.step_key, self.beta)
+                        net, opt_state, accum, self.x, self.y, perm, np.int32(batch),
+                        np.int32(step), self.step_key, self.beta)
                     batch, step = batch + 1, step + 1
                     if batch % t.progress_every == 0 or batch == self.n_batches:
                         self._guard(accum, epoch, batch)
@@ -536,7 +564,7 @@ def resume(run_dir, *, epochs=None, data_dir=None, progress=True, log=print) -> 
     data = _load_data(card, data_dir)
     _check_data(card, data)
     trainer = _Trainer(card, data, run_dir, progress, log)
-    (net, opt_state), meta = _load_checkpoint(trainer.ckpt, "latest", trainer.fresh())
+    (net, opt_state), meta = _load_checkpoint(trainer.ckpt, "latest", eqx.filter_eval_shape(trainer.fresh))
     _prune(trainer.ckpt)
     if epochs is not None:
         _atomic_write(run_dir / "card.toml", card.to_toml().encode())
@@ -556,7 +584,12 @@ def load_run(run_dir, which: str = "best") -> Run:
     card = _read_run_card(run_dir)
     folder = run_dir / "checkpoints"
     tag = which if (folder / f"{which}.json").is_file() else "latest"
-    like = (build_network(card, jr.key(0)), build_optimizer(card).init(_params(build_network(card, jr.key(0)))))
+
+    def fresh():
+        net = build_network(card, jr.key(0))
+        return net, build_optimizer(card).init(_params(net))
+
+    like = eqx.filter_eval_shape(fresh)
     (net, _), meta = _load_checkpoint(folder, tag, like)
     try:
         rows = json.loads((folder / "latest.json").read_text()).get("history") or []

@@ -1,0 +1,183 @@
+"""Training loop: run directory, reproducibility, per-layer rates, divergence, exact resume."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import ctgep
+from ctgep import _train
+from ctgep._data import load_dataset
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TIMING = {"wall_time", "examples_per_s"}
+SMALL = ["model.sizes=[64, 24, 16, 10]", "learning.learning_rates=[0.2, 0.1, 0.05]",
+         "phases.t_free=10", "phases.t_nudged=4", "training.epochs=2", "training.progress_every=3",
+         "learning.schedule=constant"]
+
+
+@pytest.fixture
+def small_data(monkeypatch):
+    """A 240/100 slice of digits so that an epoch is 12 batches."""
+    d = load_dataset("digits")
+    import dataclasses
+
+    small = dataclasses.replace(d, x_train=d.x_train[:240], y_train=d.y_train[:240],
+                                x_test=d.x_test[:100], y_test=d.y_test[:100])
+    monkeypatch.setattr(_train, "_load_data", lambda card, data_dir=None: small)
+    return small
+
+
+def _leaves(net):
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(eqx.filter(net, eqx.is_inexact_array))]
+
+
+def _same_params(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(_leaves(a), _leaves(b), strict=True))
+
+
+def _rows(run_dir):
+    return (pathlib.Path(run_dir) / "metrics.csv").read_text().splitlines()
+
+
+def _without_timing(rows):
+    header = rows[0].split(",")
+    keep = [i for i, h in enumerate(header) if h not in TIMING]
+    return [[r.split(",")[i] for i in keep] for r in rows]
+
+
+def test_run_directory_contents_and_reproducibility(small_data, tmp_path):
+    quiet = dict(progress=False, log=lambda *a: None)
+    a = ctgep.train("digits", tmp_path / "a", overrides=SMALL, **quiet)
+    b = ctgep.train("digits", tmp_path / "b", overrides=SMALL, **quiet)
+    for name in ("card.toml", "metrics.csv", "summary.json", "training.png"):
+        assert (tmp_path / "a" / name).is_file()
+    assert (tmp_path / "a" / "training.png").read_bytes()[:4] == b"\x89PNG"
+    assert ctgep.load_card(tmp_path / "a" / "card.toml") == a.card
+    rows = _rows(tmp_path / "a")
+    header = rows[0].split(",")
+    for col in ("train_error", "test_error", "train_cost", "free_time", "free_steps", "nudged_time",
+                "nudged_steps", "free_nonconverged", "wall_time", "cos_1_2", "trace_1_2",
+                "cos_2_3", "trace_2_3"):
+        assert col in header
+    assert len(rows) == 3 and a.metrics.sizes["epoch"] == 2
+    assert a.summary["status"] == "finished" and a.summary["epochs_done"] == 2
+    # Learning happened, and the same seed gives the same numbers and parameters.
+    assert a.metrics.train_cost.values[1] < a.metrics.train_cost.values[0]
+    assert _without_timing(rows) == _without_timing(_rows(tmp_path / "b"))
+    assert _same_params(ctgep.load_run(tmp_path / "a", "latest").net, ctgep.load_run(tmp_path / "b", "latest").net)
+    # Another seed gives another run.
+    c = ctgep.train("digits", tmp_path / "c", overrides=SMALL + ["training.seed=1"], **quiet)
+    assert not _same_params(a.net, c.net)
+    ckpts = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir())
+    assert ckpts == sorted(["best.json", "latest.json",
+                            json.loads((tmp_path / "a/checkpoints/best.json").read_text())["params_file"],
+                            json.loads((tmp_path / "a/checkpoints/latest.json").read_text())["params_file"]])
+    ev = ctgep.evaluate(tmp_path / "a", which="latest")
+    assert ev["error"] == pytest.approx(a.metrics.test_error.values[-1])
+
+
+def test_per_layer_learning_rates_reach_their_layers(small_data, tmp_path):
+    over = SMALL + ["learning.learning_rates=[0.5, 1e-20, 1e-20]", "training.epochs=1"]
+    run = ctgep.train("digits", tmp_path / "r", overrides=over, progress=False, log=lambda *a: None)
+    init = _train.build_network(run.card, jr.split(jr.key(run.card.training.seed), 3)[0])
+    # Layer 1 owns Wf_1 (input → 1), Wb_1 (2 → 1) and b_1; the others barely move.
+    assert not np.array_equal(run.net.Wf[0], init.Wf[0]) and not np.array_equal(run.net.Wb[0], init.Wb[0])
+    for a, b in [(run.net.Wf[1], init.Wf[1]), (run.net.b[1], init.b[1]), (run.net.Wf[2], init.Wf[2]),
+                 (run.net.Wb[1], init.Wb[1]), (run.net.b[2], init.b[2])]:
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_alignment_cosine_and_trace():
+    net = ctgep.LayeredNetwork([5, 7, 6, 3], key=jr.key(0), feedback="transpose")
+    al = ctgep.alignment(net)
+    assert set(al) == {"cos_1_2", "trace_1_2", "cos_2_3", "trace_2_3"}
+    assert al["cos_1_2"] == pytest.approx(1.0, abs=1e-6)
+    assert al["trace_2_3"] == pytest.approx(float(jnp.trace(net.Wf[2] @ net.Wb[1])), rel=1e-5)
+    assert al["trace_2_3"] == pytest.approx(float(jnp.sum(net.Wf[2] ** 2)), rel=1e-5)
+    tilted = ctgep.LayeredNetwork([5, 7, 6, 3], key=jr.key(0), feedback=60.0)
+    assert ctgep.alignment(tilted)["cos_1_2"] == pytest.approx(0.5, abs=1e-5)
+    assert ctgep.alignment(ctgep.LayeredNetwork([5, 3], key=jr.key(0))) == {}
+
+
+def test_resume_at_an_epoch_boundary_matches_one_run(small_data, tmp_path):
+    quiet = dict(progress=False, log=lambda *a: None)
+    whole = ctgep.train("digits", tmp_path / "whole", overrides=SMALL, **quiet)
+    ctgep.train("digits", tmp_path / "part", overrides=SMALL, epochs=1, **quiet)
+    resumed = ctgep.resume(tmp_path / "part", epochs=2, **quiet)
+    assert _same_params(ctgep.load_run(tmp_path / "whole", "latest").net,
+                        ctgep.load_run(tmp_path / "part", "latest").net)
+    assert _without_timing(_rows(tmp_path / "whole")) == _without_timing(_rows(tmp_path / "part"))
+    assert resumed.card.training.epochs == 2 and whole.summary["status"] == "finished"
+
+
+def test_existing_run_directory_is_refused_untouched(small_data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ctgep.TrainingError, match="already exists"):
+        ctgep.train("digits", out, overrides=SMALL, progress=False, log=lambda *a: None)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(small_data, tmp_path):
+    over = SMALL + ["model.activation=tanh", "learning.learning_rates=[1e30, 1e30, 1e30]",
+                    "training.checkpoint_every=1", "training.progress_every=1"]
+    with pytest.raises(ctgep.TrainingError, match="NaN"):
+        ctgep.train("digits", tmp_path / "nan", overrides=over, progress=False, log=lambda *a: None)
+    run = ctgep.load_run(tmp_path / "nan", "latest")
+    assert all(np.isfinite(a).all() for a in _leaves(run.net))
+    assert not list((tmp_path / "nan" / "checkpoints").glob("*.tmp"))
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "ctgep._cli", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
+    """Kill a training process mid-epoch with SIGKILL; `ctgep resume` ends where one run ends."""
+    card = ctgep.load_card("digits", overrides=[
+        "model.sizes=[64, 32, 10]", "learning.learning_rates=[0.2, 0.05]", "phases.t_free=8",
+        "phases.t_nudged=3", "training.epochs=2", "training.checkpoint_every=1",
+        "training.progress_every=1000", "learning.nudging=random", "data.max_train=600",
+        "data.max_test=100"])
+    path = tmp_path / "card.toml"
+    path.write_text(card.to_toml())
+    ref = _cli("train", path, "--out", tmp_path / "ref", "-q", "--set", "training.checkpoint_every=0")
+    victim = _cli("train", path, "--out", tmp_path / "victim", "-q")
+    side = tmp_path / "victim" / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and victim.poll() is None:
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, ValueError):
+            meta = {"epoch": 0, "batch": 0}
+        if meta["epoch"] == 1 and meta["batch"] >= 5:
+            os.kill(victim.pid, signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    assert victim.wait(60) == -signal.SIGKILL, "training ended before it could be killed"
+    meta = json.loads(side.read_text())
+    assert meta["epoch"] == 1 and 0 < meta["batch"] < 30  # the surviving checkpoint is mid-epoch
+    assert ref.wait(120) == 0, ref.stderr.read()
+    resumed = _cli("resume", tmp_path / "victim", "-q")
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    assert "resuming" in out
+    a, b = ctgep.load_run(tmp_path / "ref", "latest"), ctgep.load_run(tmp_path / "victim", "latest")
+    assert _same_params(a.net, b.net)
+    assert _without_timing(_rows(tmp_path / "ref")) == _without_timing(_rows(tmp_path / "victim"))
+    leftovers = [p.name for p in (tmp_path / "victim" / "checkpoints").iterdir()
+                 if p.name.endswith(".tmp") or p.name.startswith(".")]
+    assert leftovers == []
