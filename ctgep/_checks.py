@@ -32,6 +32,7 @@ BETAS = (0.1, 0.05, 0.02, 0.01, 0.005)
 HORIZONS = (2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 FEEDBACK_DEGREES = (0.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0)
 BPTT_DT = 0.05
+NONSMOOTH = ("hard_sigmoid",)
 
 
 @dataclasses.dataclass
@@ -40,7 +41,7 @@ class Row:
     quantity: str
     measured: float
     criterion: str
-    passed: bool
+    passed: bool | None  # None: informational (the criterion assumes a smooth ρ)
 
 
 @dataclasses.dataclass
@@ -50,13 +51,13 @@ class CheckReport:
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.rows)
+        return all(r.passed is not False for r in self.rows)
 
     def table(self) -> str:
         """The rows as a fixed-width text table."""
         head = ("check", "quantity", "measured", "criterion", "pass")
-        body = [(r.check, r.quantity, f"{r.measured:.3g}", r.criterion, "PASS" if r.passed else "FAIL")
-                for r in self.rows]
+        verdict = {True: "PASS", False: "FAIL", None: "info"}
+        body = [(r.check, r.quantity, f"{r.measured:.3g}", r.criterion, verdict[r.passed]) for r in self.rows]
         widths = [max(len(str(c[i])) for c in [head] + body) for i in range(5)]
         fmt = lambda c: "  ".join(str(v).ljust(w) for v, w in zip(c, widths)).rstrip()
         rule = "  ".join("-" * w for w in widths)
@@ -76,6 +77,11 @@ def _at_least(check, quantity, value, bound):
 def _within(check, quantity, value, lo, hi):
     value = float(value)
     return Row(check, quantity, value, f"∈ [{lo:g}, {hi:g}]", bool(lo <= value <= hi))
+
+
+def _informational(row: Row) -> Row:
+    """A row whose criterion needs a smooth ρ, measured on a non-smooth one: reported only."""
+    return dataclasses.replace(row, criterion=row.criterion + " (smooth ρ)", passed=None)
 
 
 def _relerr_state(a, b):
@@ -158,6 +164,10 @@ def run_checks(net: AbstractDynamics | None = None, x=None, y=None, *, seed: int
     net = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, net)
     rows: list[Row] = []
     data = {}
+    # The hard sigmoid's kinks break the smooth asymptotics (orders in β, dense reading of the
+    # path): those rows are then reported, not judged.
+    smooth = getattr(net, "activation", None) not in NONSMOOTH
+    judged = (lambda row: row) if smooth else _informational
 
     say("free fixed point, RBP, finite differences")
     s = G.fixed_point(net, x)
@@ -199,8 +209,8 @@ def run_checks(net: AbstractDynamics | None = None, x=None, y=None, *, seed: int
                 ep_err[i, j, k] = G.relative_error(u, nu)
             order = np.polyfit(np.log(BETAS), np.log(ep_err[i, j]), 1)[0]
             want = 1.0 if nudging == "one-sided" else 2.0
-            rows.append(_within(f"EP → ν ({rule}, {nudging})", "order p: ‖ep − ν‖/‖ν‖ ∝ β^p", order,
-                                want - 0.15, want + 0.15))
+            rows.append(judged(_within(f"EP → ν ({rule}, {nudging})", "order p: ‖ep − ν‖/‖ν‖ ∝ β^p", order,
+                                want - 0.15, want + 0.15)))
     data["ep_error"] = (("rule", "nudging", "beta"), ep_err)
 
     say("ν versus −∇J")
@@ -255,14 +265,14 @@ def run_checks(net: AbstractDynamics | None = None, x=None, y=None, *, seed: int
     T6 = 8.0
     traj = G.trajectory(net, x, T=T6)
     thm6 = G.bptt_adjoint(net, x, y, traj)
-    rows.append(_at_most("Theorem 6 = autodiff BPTT", f"adjoint ODE on stored path vs BPTT (T={T6:g})",
-                         G.relative_error(thm6, G.bptt(net, x, y, T=T6, dt=BPTT_DT, max_steps=steps)), 1e-5))
+    rows.append(judged(_at_most("Theorem 6 = autodiff BPTT", f"adjoint ODE on stored path vs BPTT (T={T6:g})",
+                                G.relative_error(thm6, G.bptt(net, x, y, T=T6, dt=BPTT_DT, max_steps=steps)), 1e-5)))
 
     ds = xr.Dataset(
         {
             **data,
             "measured": ("row", np.array([r.measured for r in rows])),
-            "passed": ("row", np.array([r.passed for r in rows])),
+            "passed": ("row", np.array([-1 if r.passed is None else int(r.passed) for r in rows], np.int8)),
             "quantity": ("row", np.array([r.quantity for r in rows], dtype=str)),
             "criterion": ("row", np.array([r.criterion for r in rows], dtype=str)),
             "slowest_eigenvalue": slowest,
@@ -286,7 +296,7 @@ def run_checks(net: AbstractDynamics | None = None, x=None, y=None, *, seed: int
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} {platform.processor() or ''} jax {jax.__version__} "
                        f"{jax.default_backend()}".strip(),
-            "all_passed": int(all(r.passed for r in rows)),
+            "all_passed": int(all(r.passed is not False for r in rows)),
         },
     )
     return CheckReport(rows, ds)
@@ -341,8 +351,6 @@ def write_report(report: CheckReport, out) -> tuple[pathlib.Path, pathlib.Path]:
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     nc, png = out / "check.nc", out / "check.png"
-    ds = report.data.copy()
-    ds["passed"] = ds.passed.astype(np.int8)  # netCDF3 has no boolean type
-    ds.to_netcdf(nc)
+    report.data.to_netcdf(nc)
     plot_report(report.data, png)
     return nc, png

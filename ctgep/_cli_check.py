@@ -68,7 +68,7 @@ def run(args) -> int:
         report = _checks.run_checks(net, seed=args.seed, log=log)
         nc, png = _checks.write_report(report, pathlib.Path(args.out))
     print(report.table())
-    n_fail = sum(not r.passed for r in report.rows)
+    n_fail = sum(r.passed is False for r in report.rows)
     verdict = "all checks passed" if n_fail == 0 else f"{n_fail} check(s) FAILED"
     print(f"\n{verdict} in {time.perf_counter() - start:.0f} s; wrote {nc} and {png}")
     return 0 if n_fail == 0 else 1

@@ -62,8 +62,9 @@ __all__ = [
     "trajectory",
 ]
 
-#: Phase solver tight enough that the residual is not stalled by the step controller.
+#: Phase solver tight enough that the residual is not stalled by the step controller (float64).
 TIGHT = Adaptive(diffrax.Tsit5(), rtol=1e-10, atol=1e-12)
+_TIGHT32 = Adaptive(diffrax.Tsit5(), rtol=1e-6, atol=1e-8)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -134,6 +135,10 @@ def _default_tol(x):
     return 1e-9 if x.dtype == jnp.float64 else 1e-5
 
 
+def _tight(x):
+    return TIGHT if x.dtype == jnp.float64 else _TIGHT32
+
+
 # --------------------------------------------------------------------------- fixed points
 
 
@@ -185,12 +190,12 @@ def fixed_point(
     if relax:
         free = None
         if beta == 0.0 or s_init is None:
-            free = free_phase(net, x, solver=TIGHT, t_max=t_max, tol=tol,
+            free = free_phase(net, x, solver=_tight(x), t_max=t_max, tol=tol,
                               s_init=s_init if beta == 0.0 else None)
             _require_converged(free, "free", t_max)
             s_init = free.state
         if beta != 0.0:
-            r = nudged_phase(net, x, y, s_init, beta=beta, solver=TIGHT, t_max=t_max, tol=tol)
+            r = nudged_phase(net, x, y, s_init, beta=beta, solver=_tight(x), t_max=t_max, tol=tol)
             _require_converged(r, "nudged", t_max)
             s_init = r.state
     elif s_init is None:
