@@ -14,7 +14,6 @@ import math
 import pathlib
 import platform
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp

@@ -6,7 +6,6 @@ total (all entries concatenated).
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
