@@ -177,14 +177,9 @@ def rbp_adjoint(
 
     Equals BPTT of horizon `T` started at `s⁰`, and tends to `∂J/∂θ` (:func:`rbp`) as `T → ∞`.
     """
-    from .gradients import _free
+    from .gradients import _check_horizon, _free
 
-    try:
-        T = float(T)
-    except (TypeError, ValueError):
-        raise ValueError(f"T={T!r} must be a non-negative horizon") from None
-    if not (T >= 0 and math.isfinite(T)):
-        raise ValueError(f"T={T!r} must be a non-negative horizon")
+    T = _check_horizon(T)
     s = _free(net, x, s_free)
     g, lam = _integrate(net, x, y, s, s, jnp.asarray(T, x.dtype), rtol, atol)
     return (g, lam) if return_adjoint else g

@@ -73,6 +73,33 @@ def _synapse_rate(params, static, state, x, cotangent):
     return jax.tree_util.tree_map(lambda a: a / batch, g)
 
 
+def _diffrax_solve(field, settled, z0, solver: Adaptive, t_max, stop, saveat=None):
+    """One adaptive phase solve: error control on the neurons `z["s"]` only, ended by the
+    steady-state event `settled` (when `stop`) or the horizon. Returns the solution and whether
+    it ended well (horizon or event; not max_steps or a solver failure)."""
+    controller = diffrax.PIDController(
+        rtol=solver.rtol,
+        atol=solver.atol,
+        dtmax=solver.dtmax,
+        norm=lambda z: optx.rms_norm(z["s"]),
+    )
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        solver.solver,
+        t0=0.0,
+        t1=t_max,
+        dt0=solver.dt0,
+        y0=z0,
+        saveat=diffrax.SaveAt(t1=True) if saveat is None else saveat,
+        stepsize_controller=controller,
+        event=diffrax.Event(settled) if stop else None,
+        max_steps=solver.max_steps,
+        throw=False,
+    )
+    ok = (sol.result == diffrax.RESULTS.successful) | (sol.result == diffrax.RESULTS.event_occurred)
+    return sol, ok
+
+
 def _relax_adaptive(net, x, y, s_init, beta, solver: Adaptive, t_max, tol, stop, synapses, eta):
     params, static = _split(net)
     drive = net.drive(x)
@@ -102,26 +129,8 @@ def _relax_adaptive(net, x, y, s_init, beta, solver: Adaptive, t_max, tol, stop,
         d = current.drive(x) if synapses == "continual" else drive
         return jnp.max(_residual(_mu_beta(current, z["s"], d, y, beta))) < tol
 
-    controller = diffrax.PIDController(
-        rtol=solver.rtol,
-        atol=solver.atol,
-        dtmax=solver.dtmax,
-        norm=lambda z: optx.rms_norm(z["s"]),
-    )
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
-        solver.solver,
-        t0=0.0,
-        t1=t_max,
-        dt0=solver.dt0,
-        y0=z0,
-        stepsize_controller=controller,
-        event=diffrax.Event(settled) if stop else None,
-        max_steps=solver.max_steps,
-        throw=False,
-    )
+    sol, ok = _diffrax_solve(field, settled, z0, solver, t_max, stop)
     z = jax.tree_util.tree_map(lambda a: a[-1], sol.ys)
-    ok = (sol.result == diffrax.RESULTS.successful) | (sol.result == diffrax.RESULTS.event_occurred)
     residual = _final_residual(net, x, y, beta, z, solver, synapses)
     return z, sol.ts[-1], sol.stats["num_steps"], ok, residual
 

@@ -19,7 +19,6 @@ import datetime
 import json
 import math
 import platform
-from collections.abc import Sequence
 from typing import Any
 
 import diffrax
@@ -27,7 +26,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
 import xarray as xr
 
 from ._dynamics import AbstractDynamics
@@ -35,6 +33,7 @@ from ._phases import (
     PhaseResult,
     _check_common,
     _check_state,
+    _diffrax_solve,
     _final_residual,
     _mu_beta,
     _residual,
@@ -301,26 +300,10 @@ def _run_adaptive(net, x, y, s_init, beta, solver: Adaptive, t_max, tol, stop, n
     else:
         sub = diffrax.SubSaveAt(ts=jnp.asarray(spec.grid), fn=save)
     saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(t1=True), sub])
-    controller = diffrax.PIDController(
-        rtol=solver.rtol, atol=solver.atol, dtmax=solver.dtmax, norm=lambda z: optx.rms_norm(z["s"])
-    )
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
-        solver.solver,
-        t0=0.0,
-        t1=t_max,
-        dt0=solver.dt0,
-        y0=z0,
-        saveat=saveat,
-        stepsize_controller=controller,
-        event=diffrax.Event(settled) if stop else None,
-        max_steps=solver.max_steps,
-        throw=False,
-    )
+    sol, ok = _diffrax_solve(field, settled, z0, solver, t_max, stop, saveat=saveat)
     final_ts, rec_ts = sol.ts
     final_ys, rec_ys = sol.ys
     z = jax.tree_util.tree_map(lambda a: a[-1], final_ys)
-    ok = (sol.result == diffrax.RESULTS.successful) | (sol.result == diffrax.RESULTS.event_occurred)
     return z, final_ts[-1], sol.stats["num_steps"], ok, rec_ts, rec_ys
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from ._dynamics import AbstractDynamics
-from ._phases import PhaseResult, _split, free_phase, nudged_phase
+from ._phases import PhaseResult, _concrete_float, _split, free_phase, nudged_phase
 
 Rule = Literal["endpoint", "integrated", "continual"]
 Nudging = Literal["one-sided", "random", "centered"]
@@ -83,10 +83,7 @@ def ep_step(
     policy="flag",
 ) -> EPStep:
     """Free phase (unless `free` is given), nudged phase(s) and the update of `rule`."""
-    try:
-        b = float(beta)
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        b = None
+    b = _concrete_float(beta, "beta")
     if b is not None and not (b > 0 and math.isfinite(b)):
         raise ValueError(f"beta={beta!r} must be positive (its sign is set by `nudging`)")
     if rule not in RULES:

@@ -70,6 +70,17 @@ _TIGHT32 = Adaptive(diffrax.Tsit5(), rtol=1e-6, atol=1e-8)
 # --------------------------------------------------------------------------- helpers
 
 
+
+def _check_horizon(T) -> float:
+    """`T` as a float, or a one-line error: horizons are finite and non-negative."""
+    try:
+        T = float(T)
+    except (TypeError, ValueError):
+        raise ValueError(f"T={T!r} must be a non-negative horizon") from None
+    if not (T >= 0 and math.isfinite(T)):
+        raise ValueError(f"T={T!r} must be a non-negative horizon")
+    return T
+
 def _add1(tree):
     return jax.tree_util.tree_map(lambda a: a[None], tree)
 
@@ -320,12 +331,7 @@ def bptt(
     `RecursiveCheckpointAdjoint`. `T` may be 0 (the direct cost term only).
     """
     _check_inputs(net, x, y)
-    try:
-        T = float(T)
-    except (TypeError, ValueError):
-        raise ValueError(f"T={T!r} must be a non-negative horizon") from None
-    if not (T >= 0 and math.isfinite(T)):
-        raise ValueError(f"T={T!r} must be a non-negative horizon")
+    T = _check_horizon(T)
     if not dt > 0:
         raise ValueError(f"dt={dt!r} must be positive")
     if isinstance(s_init, PhaseResult):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from ctgep._cli import build_parser, main
+from ctgep._cli import main
 from ctgep._data import FILES, write_idx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -1,7 +1,6 @@
 """`ctgep.record`: trajectories of the free and nudged phases as an xarray.Dataset."""
 
 import json
-import math
 
 import jax
 import jax.numpy as jnp
@@ -109,7 +108,7 @@ def test_running_increment_matches_integrated_rule(problem, euler_record):
     flat = jax.tree_util.tree_leaves(update)
     names = list(ds.param.values)
     for name, u in zip(names, flat):
-        inc = ds[f"increment_{name}"].sel(phase="nudged").dropna(f"time", how="all").isel(time=-1)
+        inc = ds[f"increment_{name}"].sel(phase="nudged").dropna("time", how="all").isel(time=-1)
         np.testing.assert_allclose(inc, np.asarray(u), rtol=1e-5, atol=1e-6)
         norm = ds.synapse_norm.sel(phase="nudged", param=name).dropna("time").isel(time=-1)
         assert float(norm) == pytest.approx(float(jnp.linalg.norm(u)), rel=1e-5, abs=1e-7)
