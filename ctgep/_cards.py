@@ -43,6 +43,11 @@ class PhasesSection:
     t_nudged: float = 5.0
     tol: float = 1e-3
     stop_at_steady_state: bool = True
+    # Training only: start each example's free phase from its own free state of the previous
+    # epoch ("persistent particles", stored per example and checkpointed with `latest`) instead
+    # of zeros; with stop_at_steady_state the free phase then ends after far fewer steps once
+    # the weights move slowly. Evaluation always starts from zeros.
+    warm_start: bool = False
 
 
 @dataclasses.dataclass

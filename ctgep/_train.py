@@ -20,6 +20,13 @@ batch within the epoch, the optimiser step, the PRNG key and the partial epoch s
 replaces the previous one in one ``os.replace``. A process killed at any instant leaves the
 previous consistent checkpoint, and ``resume`` continues bit for bit: the data order of an
 epoch and the key of a step are pure functions of the seed, the epoch and the step.
+
+With ``phases.warm_start`` the trainer also keeps, on the device, each training example's last
+free state ("persistent particles", an ``(n_train, Σ sizes[1:])`` array): the train step starts
+the minibatch's free phase from its rows and writes the final free states back. The ``latest``
+checkpoint saves them to ``particles-<step>.npy`` (named and hashed in its sidecar, like the
+parameters) so that resume stays exact; ``best`` does not carry them. Evaluation always
+starts from the network's initial state.
 """
 
 import csv
@@ -138,14 +145,16 @@ def _make_steps(card: Card, optimizer, cache_key=None):
     n_out = card.model.sizes[-1]
     bs = card.training.batch_size
 
-    @eqx.filter_jit
-    def train_step(net, opt_state, accum, x_all, y_all, perm, batch, step, key, beta):
+    def train_step(net, opt_state, accum, x_all, y_all, perm, batch, step, key, beta, particles=None):
         idx = jax.lax.dynamic_slice_in_dim(perm, batch * bs, bs)
         x, labels = x_all[idx], y_all[idx]
         y = jax.nn.one_hot(labels, n_out, dtype=x.dtype)
+        s_init = None if particles is None else _unflatten_state(particles[idx], card.model.sizes)
         r = ep_step(net, x, y, beta=beta, rule=l.rule, nudging=l.nudging, key=jr.fold_in(key, step),
-                    t_free=float(p.t_free), t_nudged=float(p.t_nudged),
+                    t_free=float(p.t_free), t_nudged=float(p.t_nudged), s_init=s_init,
                     eta=float(l.eta) if l.rule == "continual" else None, policy="flag", **common)
+        if particles is not None:
+            particles = particles.at[idx].set(jnp.concatenate(r.free.state, axis=-1))
         grads = as_gradient(r.update)
         updates, opt_state = optimizer.update(grads, opt_state, _params(net))
         new = eqx.apply_updates(net, updates)
@@ -164,7 +173,13 @@ def _make_steps(card: Card, optimizer, cache_key=None):
             "nonfinite": (~finite).astype(f),
         }
         accum = {k: accum[k] + stats[k] for k in _ACCUM}
-        return new, opt_state, accum
+        return new, opt_state, accum, particles
+
+    # With warm starts the particles are updated in place (donated); every leaf is an array.
+    if p.warm_start:
+        train_step = jax.jit(train_step, donate_argnames="particles")
+    else:
+        train_step = eqx.filter_jit(train_step)
 
     @eqx.filter_jit
     def eval_step(net, x, labels, mask):
@@ -173,6 +188,11 @@ def _make_steps(card: Card, optimizer, cache_key=None):
         return jnp.sum((pred != labels) & mask)
 
     return train_step, eval_step
+
+
+def _unflatten_state(rows, sizes):
+    """Rows `(batch, Σ sizes[1:])` of the particle store as the state tuple `(batch, n_l)`."""
+    return tuple(jnp.split(rows, np.cumsum(sizes[1:-1]).tolist(), axis=-1))
 
 
 @eqx.filter_jit
@@ -227,46 +247,76 @@ def _serialise(tree) -> bytes:
     return buf.getvalue()
 
 
-def _save_checkpoint(folder: pathlib.Path, tag: str, net, opt_state, meta: dict) -> None:
+def _save_checkpoint(folder: pathlib.Path, tag: str, net, opt_state, meta: dict, particles=None) -> None:
     blob = _serialise((net, opt_state))
     name = f"{tag}-{meta['step']:09d}.eqx"
     _atomic_write(folder / name, blob)
     meta = dict(meta, format=CHECKPOINT_FORMAT, params_file=name,
                 sha256=hashlib.sha256(blob).hexdigest())
+    if particles is not None:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(particles), allow_pickle=False)
+        blob = buf.getvalue()
+        name = f"particles-{meta['step']:09d}.npy"
+        _atomic_write(folder / name, blob)
+        meta.update(particles_file=name, particles_sha256=hashlib.sha256(blob).hexdigest())
     _atomic_write(folder / f"{tag}.json", json.dumps(meta, indent=1).encode())
     _prune(folder)
 
 
 def _prune(folder: pathlib.Path) -> None:
-    """Remove parameter files no sidecar names, and temporary files of killed writers."""
+    """Remove parameter and particle files no sidecar names, and temporary files of killed writers."""
     keep = set()
     for tag in ("latest", "best"):
         try:
-            keep.add(json.loads((folder / f"{tag}.json").read_text())["params_file"])
-        except (OSError, ValueError, KeyError):
-            pass
+            meta = json.loads((folder / f"{tag}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        keep.update(meta.get(k) for k in ("params_file", "particles_file"))
     for p in folder.iterdir():
-        if (p.suffix == ".eqx" and p.name not in keep) or p.name.endswith(".tmp"):
+        if (p.suffix in (".eqx", ".npy") and p.name not in keep) or p.name.endswith(".tmp"):
             try:
                 p.unlink()
             except OSError:
                 pass
 
 
+def _read_checked(folder: pathlib.Path, side: pathlib.Path, meta: dict, file_key: str, sha_key: str) -> bytes:
+    """The bytes of the file a sidecar names under `file_key`, checked against its sha256."""
+    try:
+        blob = (folder / meta[file_key]).read_bytes()
+    except (OSError, KeyError) as e:
+        raise TrainingError(f"checkpoint {side} is missing or unreadable ({e.__class__.__name__})") from None
+    if hashlib.sha256(blob).hexdigest() != meta.get(sha_key):
+        raise TrainingError(f"checkpoint {folder / meta[file_key]} does not match its sidecar's sha256")
+    return blob
+
+
 def _load_checkpoint(folder: pathlib.Path, tag: str, like):
     side = folder / f"{tag}.json"
     try:
         meta = json.loads(side.read_text())
-        blob = (folder / meta["params_file"]).read_bytes()
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError) as e:
         raise TrainingError(f"checkpoint {side} is missing or unreadable ({e.__class__.__name__})") from None
-    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
-        raise TrainingError(f"checkpoint {folder / meta['params_file']} does not match its sidecar's sha256")
+    blob = _read_checked(folder, side, meta, "params_file", "sha256")
     try:
         tree = eqx.tree_deserialise_leaves(io.BytesIO(blob), like)
     except Exception as e:  # shape/structure mismatch between the card and the file
         raise TrainingError(f"checkpoint {folder / meta['params_file']} does not fit the run's card ({e})") from None
     return tree, meta
+
+
+def _load_particles(folder: pathlib.Path, meta: dict, shape, dtype):
+    """The persistent free states a `latest` sidecar names, checked against its sha256 and shape."""
+    side = folder / "latest.json"
+    if "particles_file" not in meta:
+        raise TrainingError(f"checkpoint {side} has no particles file, but the card sets phases.warm_start")
+    blob = _read_checked(folder, side, meta, "particles_file", "particles_sha256")
+    a = np.load(io.BytesIO(blob), allow_pickle=False)
+    if a.shape != tuple(shape) or a.dtype != dtype:
+        raise TrainingError(f"checkpoint {folder / meta['particles_file']} holds {a.dtype}{list(a.shape)} "
+                            f"particles, the run's card needs {np.dtype(dtype)}{list(shape)}")
+    return jnp.asarray(a)
 
 
 def _write_metrics(path: pathlib.Path, rows: list[dict]) -> None:
@@ -388,6 +438,19 @@ class _Trainer:
 
         return eqx.filter_jit(init)(self.init_key)
 
+    def fresh_particles(self, net):
+        """The persistent free states of the training examples at the start (None: no warm start)."""
+        if not self.card.phases.warm_start:
+            return None
+        return jnp.concatenate(net.init_state(self.x), axis=-1)
+
+    def load_particles(self, meta, net):
+        """The persistent free states the `latest` checkpoint saved (None: no warm start)."""
+        if not self.card.phases.warm_start:
+            return None
+        shape = (len(self.data.y_train), sum(self.card.model.sizes[1:]))
+        return _load_particles(self.ckpt, meta, shape, net.b[0].dtype)
+
     def perm(self, epoch):
         return _permutation(self.perm_key, np.int32(epoch), len(self.data.y_train))
 
@@ -405,7 +468,7 @@ class _Trainer:
                 f"batches); training stopped, the last good checkpoint is in {self.ckpt} — lower "
                 "the learning rates or β, or shorten the Euler step")
 
-    def run(self, net, opt_state, meta):
+    def run(self, net, opt_state, meta, particles=None):
         card, t = self.card, self.card.training
         epoch, batch, step = meta["epoch"], meta["batch"], meta["step"]
         history, best = list(meta["history"]), meta["best"]
@@ -422,9 +485,9 @@ class _Trainer:
                            unit="batch", leave=False, disable=not self.progress, dynamic_ncols=True)
                 t0, done0 = time.perf_counter() - elapsed, batch
                 while batch < self.n_batches:
-                    net, opt_state, accum = self.train_step(
+                    net, opt_state, accum, particles = self.train_step(
                         net, opt_state, accum, self.x, self.y, perm, np.int32(batch),
-                        np.int32(step), self.step_key, self.beta)
+                        np.int32(step), self.step_key, self.beta, particles)
                     batch, step = batch + 1, step + 1
                     if batch % t.progress_every == 0 or batch == self.n_batches:
                         self._guard(accum, epoch, batch)
@@ -433,7 +496,7 @@ class _Trainer:
                     if t.checkpoint_every and batch % t.checkpoint_every == 0 and batch < self.n_batches:
                         self._guard(accum, epoch, batch)
                         _save_checkpoint(self.ckpt, "latest", net, opt_state, self._meta(
-                            epoch, batch, step, accum, time.perf_counter() - t0, history, best))
+                            epoch, batch, step, accum, time.perf_counter() - t0, history, best), particles)
                 bar.close()
                 self._guard(accum, epoch, batch)
                 row = self._epoch_row(net, epoch, accum, time.perf_counter() - t0)
@@ -446,7 +509,7 @@ class _Trainer:
                 meta = self._meta(epoch, batch, step, accum, 0.0, history, best)
                 if is_best:
                     _save_checkpoint(self.ckpt, "best", net, opt_state, meta)
-                _save_checkpoint(self.ckpt, "latest", net, opt_state, meta)
+                _save_checkpoint(self.ckpt, "latest", net, opt_state, meta, particles)
                 _write_metrics(self.dir / "metrics.csv", history)
                 self._summary(history, best, "running" if epoch < t.epochs else "finished")
                 if epoch == t.epochs or time.perf_counter() - self.last_plot > 30:
@@ -510,13 +573,14 @@ def _start(card: Card, out, data_dir, progress, log):
             pathlib.Path(data_dir).expanduser().resolve())))
     trainer = _Trainer(card, data, out, progress, log)
     net, opt_state = trainer.fresh()
+    particles = trainer.fresh_particles(net)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     _atomic_write(out / "card.toml", card.to_toml().encode())
     meta = trainer._meta(0, 0, 0, _zero_accum(), 0.0, [], None)
-    _save_checkpoint(trainer.ckpt, "latest", net, opt_state, meta)
+    _save_checkpoint(trainer.ckpt, "latest", net, opt_state, meta, particles)
     log(f"run directory: {out}  ({data.name}: {len(data.y_train)} train, {len(data.y_test)} test"
         + (f", {len(data.y_val)} validation" if data.y_val is not None else "") + " examples)")
-    return trainer, net, opt_state, meta
+    return trainer, net, opt_state, meta, particles
 
 
 def train(card=None, out=None, *, overrides=(), epochs=None, data_dir=None, progress=True,
@@ -532,8 +596,8 @@ def train(card=None, out=None, *, overrides=(), epochs=None, data_dir=None, prog
         card = card.with_overrides(overrides)
     if epochs is not None:
         card = _with_epochs(card, epochs)
-    trainer, net, opt_state, meta = _start(card, out, data_dir, progress, log)
-    trainer.run(net, opt_state, meta)
+    trainer, net, opt_state, meta, particles = _start(card, out, data_dir, progress, log)
+    trainer.run(net, opt_state, meta, particles)
     return load_run(trainer.dir)
 
 
@@ -565,12 +629,13 @@ def resume(run_dir, *, epochs=None, data_dir=None, progress=True, log=print) -> 
     _check_data(card, data)
     trainer = _Trainer(card, data, run_dir, progress, log)
     (net, opt_state), meta = _load_checkpoint(trainer.ckpt, "latest", eqx.filter_eval_shape(trainer.fresh))
+    particles = trainer.load_particles(meta, net)
     _prune(trainer.ckpt)
     if epochs is not None:
         _atomic_write(run_dir / "card.toml", card.to_toml().encode())
     log(f"resuming {run_dir} at epoch {meta['epoch'] + 1}, batch {meta['batch']} "
         f"(optimiser step {meta['step']})")
-    trainer.run(net, opt_state, meta)
+    trainer.run(net, opt_state, meta, particles)
     return load_run(run_dir)
 
 

@@ -155,8 +155,16 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     path = tmp_path / "card.toml"
     path.write_text(card.to_toml())
     ref = _cli("train", path, "--out", tmp_path / "ref", "-q", "--set", "training.checkpoint_every=0")
-    victim = _cli("train", path, "--out", tmp_path / "victim", "-q")
-    side = tmp_path / "victim" / "checkpoints" / "latest.json"
+    _kill_mid_epoch(path, tmp_path / "victim", n_batches=30)
+    assert ref.wait(120) == 0, ref.stderr.read()
+    _resume_and_compare(tmp_path / "ref", tmp_path / "victim")
+
+
+def _kill_mid_epoch(card_path, out, n_batches):
+    """Train `card_path` (checkpointing every batch) in a CLI process and SIGKILL it early in
+    its second epoch; the surviving checkpoint is mid-epoch."""
+    victim = _cli("train", card_path, "--out", out, "-q")
+    side = out / "checkpoints" / "latest.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and victim.poll() is None:
         try:
@@ -169,15 +177,67 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
         time.sleep(0.002)
     assert victim.wait(60) == -signal.SIGKILL, "training ended before it could be killed"
     meta = json.loads(side.read_text())
-    assert meta["epoch"] == 1 and 0 < meta["batch"] < 30  # the surviving checkpoint is mid-epoch
-    assert ref.wait(120) == 0, ref.stderr.read()
-    resumed = _cli("resume", tmp_path / "victim", "-q")
+    assert meta["epoch"] == 1 and 0 < meta["batch"] < n_batches  # the surviving checkpoint is mid-epoch
+
+
+def _resume_and_compare(ref, victim, while_resuming=lambda: None):
+    """`ctgep resume` the killed run; it must end with the parameters and metrics of `ref`."""
+    resumed = _cli("resume", victim, "-q")
+    while_resuming()
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     assert "resuming" in out
-    a, b = ctgep.load_run(tmp_path / "ref", "latest"), ctgep.load_run(tmp_path / "victim", "latest")
+    a, b = ctgep.load_run(ref, "latest"), ctgep.load_run(victim, "latest")
     assert _same_params(a.net, b.net)
-    assert _without_timing(_rows(tmp_path / "ref")) == _without_timing(_rows(tmp_path / "victim"))
-    leftovers = [p.name for p in (tmp_path / "victim" / "checkpoints").iterdir()
+    assert _without_timing(_rows(ref)) == _without_timing(_rows(victim))
+    leftovers = [p.name for p in (victim / "checkpoints").iterdir()
                  if p.name.endswith(".tmp") or p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_warm_start_card_key():
+    assert ctgep.load_card("digits").phases.warm_start is False
+    card = ctgep.load_card("digits", overrides=["phases.warm_start=true"])
+    assert card.phases.warm_start is True and "warm_start = true" in card.to_toml()
+    for bad in ("maybe", "1"):
+        with pytest.raises(ctgep.CardError, match="phases.warm_start"):
+            ctgep.load_card("digits", overrides=[f"phases.warm_start={bad}"])
+
+
+def test_warm_start_saves_free_steps_and_resumes_exactly(tmp_path):
+    """Persistent free states: fewer free steps after the first epoch, the same evaluation
+    protocol, particles checkpointed with `latest` only, and an exact resume after SIGKILL."""
+    card = ctgep.load_card("digits", overrides=[
+        "training.epochs=3", "training.checkpoint_every=1", "training.progress_every=1000",
+        "data.max_train=300", "data.max_test=100", "phases.warm_start=true"])
+    path = tmp_path / "card.toml"
+    path.write_text(card.to_toml())
+    _kill_mid_epoch(path, tmp_path / "victim", n_batches=15)
+    quiet = dict(progress=False, log=lambda *a: None)
+    runs = {}
+
+    def reference_runs():  # in this process, while the killed run resumes in another
+        for warm in (False, True):
+            runs[warm] = ctgep.train(path, tmp_path / f"warm-{warm}", overrides=[
+                "training.checkpoint_every=0", f"phases.warm_start={str(warm).lower()}"], **quiet)
+
+    _resume_and_compare(tmp_path / "warm-True", tmp_path / "victim", reference_runs)
+    cold, warm = runs[False].metrics, runs[True].metrics
+    assert warm.train_cost.values[-1] < warm.train_cost.values[0]  # it trains
+    assert np.all(warm.free_steps.values[1:] < cold.free_steps.values[1:])
+    assert warm.free_steps.values[0] == cold.free_steps.values[0]  # epoch 1 starts from zeros
+    ev = ctgep.evaluate(tmp_path / "warm-True", which="latest")  # from the initial state
+    assert ev["error"] == pytest.approx(warm.test_error.values[-1])
+    # Only `latest` carries the particles: one row of free states per training example.
+    folder = tmp_path / "warm-True" / "checkpoints"
+    latest, best = (json.loads((folder / f"{t}.json").read_text()) for t in ("latest", "best"))
+    assert "particles_file" not in best and "particles_file" not in json.loads(
+        (tmp_path / "warm-False" / "checkpoints" / "latest.json").read_text())
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["best.json", "latest.json", best["params_file"], latest["params_file"], latest["particles_file"]])
+    particles = np.load(folder / latest["particles_file"])
+    assert particles.shape == (300, 512 + 10) and particles.dtype == np.float32
+    assert np.all(np.any(particles != 0, axis=1))
+    (folder / latest["particles_file"]).write_bytes(b"corrupt")
+    with pytest.raises(ctgep.TrainingError, match="sha256"):
+        ctgep.resume(tmp_path / "warm-True", **quiet)
