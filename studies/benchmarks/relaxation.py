@@ -6,6 +6,7 @@ Measures, in one run and on the same inputs:
   * steps and evaluations each solver needs to bring the residual ‖μ‖∞ below 1e-4 (the stiff
     Kvaerno5 is left out: its Newton solves use a dense Jacobian of the whole batch state, far
     too costly at this size — it is meant for small networks);
+  * a Tsit5 free phase with the minibatch as one ODE state against `vmap` over samples;
   * the cost per example of one full training step (free phase, nudged phase, endpoint update,
     optax SGD) with 60 free and 20 nudged Euler steps, the common peer setting.
 
@@ -91,6 +92,12 @@ def steps_to_tolerance(net, x, tol=1e-4):
     return rows
 
 
+def joint_vs_vmap(net, x, repeats, t_max=20.0):
+    """Seconds for one Tsit5 free phase with the batch as one ODE state and vmapped per sample."""
+    run = lambda batch: (lambda: ctgep.free_phase(net, x, t_max=t_max, batch=batch).state)
+    return best_time(run("joint"), repeats), best_time(run("vmap"), repeats)
+
+
 def training_step_cost(net, x, y, repeats, n_free=60, n_nudged=20, dt=0.5, beta=0.5):
     params, static = eqx.partition(net, eqx.is_inexact_array)
     opt = optax.sgd(0.05)
@@ -134,6 +141,10 @@ def main():
     print("|---|---|---|---|---|")
     for name, steps, evals, t, ok in steps_to_tolerance(net, x):
         print(f"| {name} | {steps} | {evals} | {t:.1f} | {ok} |")
+
+    joint, vmapped = joint_vs_vmap(net, x, args.repeats)
+    print(f"\nTsit5 free phase to steady state, batch 20: batch as one ODE state {joint * 1e3:.1f} ms, "
+          f"vmapped per sample {vmapped * 1e3:.1f} ms ({vmapped / joint:.1f}x slower)")
 
     cost = training_step_cost(net, x, y, args.repeats)
     print(f"\nFull training step (60 free + 20 nudged Euler steps, dt 0.5, endpoint rule, batch 20): "
