@@ -1,0 +1,36 @@
+"""The committed MNIST checkpoint reproduces the test error the README reports.
+
+Needs the MNIST IDX files through $CTGEP_DATA_DIR (CI points it at the shared copy); skipped
+otherwise, since the library never depends on a fixed data location.
+"""
+
+import json
+import os
+import pathlib
+
+import pytest
+
+import ctgep
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RUN = ROOT / "studies" / "mnist" / "784-512-512-10_endpoint"
+
+
+def _mnist_dir():
+    d = os.environ.get("CTGEP_DATA_DIR")
+    if not d:
+        return None
+    d = pathlib.Path(d)
+    for folder in (d, d / "mnist"):
+        if (folder / "t10k-images-idx3-ubyte.gz").exists() or (folder / "t10k-images-idx3-ubyte").exists():
+            return folder
+    return None
+
+
+@pytest.mark.skipif(_mnist_dir() is None, reason="MNIST not found through $CTGEP_DATA_DIR")
+def test_committed_mnist_checkpoint_reproduces_its_test_error():
+    summary = json.loads((RUN / "summary.json").read_text())
+    result = ctgep.evaluate(RUN, which="latest", data_dir=_mnist_dir())
+    assert result["epoch"] == summary["final"]["epoch"]
+    assert result["n"] == 10000
+    assert result["error"] == pytest.approx(summary["final"]["test_error"], abs=1e-12)
