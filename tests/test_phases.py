@@ -104,13 +104,14 @@ def test_nudged_displacement_converges_to_the_linear_response(small_problem):
 
 
 def _chaotic(x64):
+    """Weights scaled ×8: the tanh dynamics oscillate instead of settling. Returns (net, x)."""
     net = ctgep.LayeredNetwork((6, 20, 20, 4), "tanh", key=jr.PRNGKey(0), dtype=jnp.float64)
-    return eqx.tree_at(lambda n: (n.Wf, n.Wb), net, replace_fn=lambda ws: tuple(8 * w for w in ws))
+    net = eqx.tree_at(lambda n: (n.Wf, n.Wb), net, replace_fn=lambda ws: tuple(8 * w for w in ws))
+    return net, jr.uniform(jr.PRNGKey(1), (4, 6), jnp.float64)
 
 
 def test_non_convergence_is_flagged(x64):
-    net = _chaotic(x64)
-    x = jr.uniform(jr.PRNGKey(1), (4, 6), jnp.float64)
+    net, x = _chaotic(x64)
     for solver in ["tsit5", "euler"]:
         r = ctgep.free_phase(net, x, solver=solver, t_max=50.0, policy="flag")
         assert not bool(r.converged.all())
@@ -118,8 +119,7 @@ def test_non_convergence_is_flagged(x64):
 
 
 def test_non_convergence_warns(x64):
-    net = _chaotic(x64)
-    x = jr.uniform(jr.PRNGKey(1), (4, 6), jnp.float64)
+    net, x = _chaotic(x64)
     with pytest.warns(RuntimeWarning, match="did not reach steady state"):
         r = ctgep.free_phase(net, x, solver="euler", t_max=50.0, policy="warn")
         jax.block_until_ready(r.state)
@@ -127,17 +127,15 @@ def test_non_convergence_warns(x64):
 
 
 def test_non_convergence_raises(x64):
-    net = _chaotic(x64)
-    x = jr.uniform(jr.PRNGKey(1), (4, 6), jnp.float64)
+    net, x = _chaotic(x64)
     with pytest.raises(Exception, match="did not reach steady state"):
         r = ctgep.free_phase(net, x, solver="euler", t_max=50.0, policy="raise")
         jax.block_until_ready(r.state)
 
 
 def test_divergence_to_nan_is_flagged_not_silent(x64):
-    net = _chaotic(x64)
+    net, x = _chaotic(x64)
     net = eqx.tree_at(lambda n: n.b, net, replace_fn=lambda bs: tuple(b + jnp.nan for b in bs))
-    x = jr.uniform(jr.PRNGKey(1), (4, 6), jnp.float64)
     r = ctgep.free_phase(net, x, solver="euler", t_max=5.0)
     assert not bool(r.converged.any())
 
