@@ -77,6 +77,16 @@ def build_network(card: Card, key) -> LayeredNetwork:
     return LayeredNetwork(card.model.sizes, card.model.activation, key=key, feedback=feedback)
 
 
+def _keys(card: Card):
+    """The run's initialisation, data-order and EP-step keys, all derived from its seed."""
+    return jr.split(jr.key(card.training.seed), 3)
+
+
+def initial_network(card: Card) -> LayeredNetwork:
+    """The network a run of `card` starts from (same seed, same draw as `ctgep train`)."""
+    return build_network(card, _keys(card)[0])
+
+
 def build_solver(card: Card):
     p = card.phases
     if p.solver == "euler":
@@ -417,8 +427,7 @@ class _Trainer:
         self.ckpt = run_dir / "checkpoints"
         self.progress, self.log = progress, log
         t = card.training
-        key = jr.key(t.seed)
-        self.init_key, self.perm_key, self.step_key = jr.split(key, 3)
+        self.init_key, self.perm_key, self.step_key = _keys(card)
         self.n_batches = len(data.y_train) // t.batch_size
         self.optimizer = build_optimizer(card, self.n_batches)
         key = json.dumps([dataclasses.asdict(card.model), dataclasses.asdict(card.phases),
