@@ -250,6 +250,10 @@ def validate(card: Card) -> None:
         raise CardError(f"learning.rule={l.rule!r} must be one of {list(RULES)}")
     if l.nudging not in NUDGINGS:
         raise CardError(f"learning.nudging={l.nudging!r} must be one of {list(NUDGINGS)}")
+    if l.nudging != "one-sided" and l.beta >= 1:
+        raise CardError(f"learning.nudging={l.nudging!r} also nudges with −β, and at β={l.beta} ≥ 1 "
+                        "the output units lose their leak (ds/dt = −(1−β)s + …) and never settle; "
+                        "use β < 1 or nudging = 'one-sided'")
     if l.rule == "continual":
         _positive(l.eta, "learning.eta")
     if l.optimizer not in OPTIMIZERS:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from ._dynamics import AbstractDynamics
+from ._dynamics import AbstractDynamics, EnergyNetwork, LayeredNetwork
 from ._phases import PhaseResult, _concrete_float, _split, free_phase, nudged_phase
 
 Rule = Literal["endpoint", "integrated", "continual"]
@@ -90,6 +90,10 @@ def ep_step(
         raise ValueError(f"rule={rule!r} must be one of {RULES}")
     if nudging not in NUDGINGS:
         raise ValueError(f"nudging={nudging!r} must be one of {NUDGINGS}")
+    if nudging != "one-sided" and b is not None and b >= 1 and isinstance(net, (LayeredNetwork, EnergyNetwork)):
+        # dC/ds_out = s_out − y, so at −β the output's leak −(1 − β)s vanishes or turns into growth.
+        raise ValueError(f"nudging={nudging!r} also nudges with −β, and at beta={beta} ≥ 1 the output "
+                         "units lose their leak and never settle; use beta < 1 or 'one-sided'")
     if nudging == "random" and key is None:
         raise ValueError("nudging='random' needs a PRNG `key`")
     common = dict(solver=solver, tol=tol, stop_at_steady_state=stop_at_steady_state, policy=policy)

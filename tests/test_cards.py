@@ -93,6 +93,7 @@ def test_bad_overrides_name_the_key(item, words):
     ("data.dataset=cifar", "data.dataset"),
     ("training.batch_size=0", "training.batch_size"),
     ("learning.rule=magic", "learning.rule"),
+    ("learning.beta=1", "learning.nudging"),  # the digits card nudges both ways: −β kills the leak
 ])
 def test_invalid_values_are_rejected(item, key):
     with pytest.raises(CardError, match=key.replace("[", r"\[").replace("]", r"\]")):

@@ -165,6 +165,7 @@ def test_updates_drive_an_optax_optimiser_with_per_layer_rates():
         (dict(beta=0.1, rule="backprop"), "rule"),
         (dict(beta=0.1, nudging="sideways"), "nudging"),
         (dict(beta=0.1, nudging="random"), "key"),
+        (dict(beta=1.0, nudging="centered"), "leak"),
         (dict(beta=0.1, solver="rk4"), "solver"),
         (dict(beta=0.1, rule="continual"), "eta"),
         (dict(beta=0.1, policy="ignore"), "policy"),
