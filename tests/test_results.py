@@ -1,4 +1,4 @@
-"""The committed MNIST checkpoint reproduces the test error the README reports.
+"""The committed MNIST checkpoints reproduce the test errors the README reports.
 
 Needs the MNIST IDX files through $CTGEP_DATA_DIR (CI points it at the shared copy); skipped
 otherwise, since the library never depends on a fixed data location.
@@ -13,7 +13,7 @@ import pytest
 import ctgep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RUN = ROOT / "studies" / "mnist" / "784-512-512-10_endpoint"
+RUNS = sorted(p.parent.name for p in (ROOT / "studies" / "mnist").glob("*/summary.json"))
 
 
 def _mnist_dir():
@@ -28,9 +28,15 @@ def _mnist_dir():
 
 
 @pytest.mark.skipif(_mnist_dir() is None, reason="MNIST not found through $CTGEP_DATA_DIR")
-def test_committed_mnist_checkpoint_reproduces_its_test_error():
-    summary = json.loads((RUN / "summary.json").read_text())
-    result = ctgep.evaluate(RUN, which="latest", data_dir=_mnist_dir())
+@pytest.mark.parametrize("run", RUNS)
+def test_committed_mnist_checkpoint_reproduces_its_test_error(run):
+    run_dir = ROOT / "studies" / "mnist" / run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    result = ctgep.evaluate(run_dir, which="latest", data_dir=_mnist_dir())
     assert result["epoch"] == summary["final"]["epoch"]
     assert result["n"] == 10000
     assert result["error"] == pytest.approx(summary["final"]["test_error"], abs=1e-12)
+
+
+def test_the_reported_runs_are_committed():
+    assert {"784-512-512-10_endpoint", "784-512-512-512-10_endpoint"} <= set(RUNS)
