@@ -74,6 +74,8 @@ def register(subparsers) -> None:
                    help="which checkpoint to evaluate (default: best)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test",
                    help="which data to evaluate on (default: test)")
+    p.add_argument("--t-free", type=float, default=None, metavar="T",
+                   help="free-phase horizon for the prediction (default: the card's phases.t_free)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _common_data(p)
     p.set_defaults(func=_evaluate)
@@ -135,12 +137,13 @@ def _evaluate(args) -> int:
     def run():
         from ._train import evaluate
 
-        r = evaluate(args.run_dir, which=args.checkpoint, data_dir=args.data_dir, split=args.split)
+        r = evaluate(args.run_dir, which=args.checkpoint, data_dir=args.data_dir, split=args.split,
+                     t_free=args.t_free)
         if args.json:
             print(json.dumps(r))
         else:
             print(f"{r['run']} [{r['checkpoint']} checkpoint, after epoch {r['epoch']}]: "
-                  f"{r['split']} error {100 * r['error']:.2f}% ({r['n']} examples), "
+                  f"{r['split']} error {100 * r['error']:.2f}% ({r['n']} examples, t_free {r['t_free']:g}), "
                   f"accuracy {100 * r['accuracy']:.2f}%")
         return 0
 

@@ -681,9 +681,18 @@ def load_run(run_dir, which: str = "best") -> Run:
     return Run(run_dir, card, net, dict(meta, tag=tag), metrics, summary)
 
 
-def evaluate(run_dir, *, which: str = "best", data_dir=None, split: str = "test") -> dict:
-    """Error rate of a run's checkpoint on the `split` ("test", "val" or "train") data."""
+def evaluate(run_dir, *, which: str = "best", data_dir=None, split: str = "test", t_free=None) -> dict:
+    """Error rate of a run's checkpoint on the `split` ("test", "val" or "train") data.
+
+    `t_free` replaces the card's free-phase horizon, e.g. to check that a longer relaxation
+    does not change the prediction.
+    """
     run = load_run(run_dir, which)
+    card = run.card
+    if t_free is not None:
+        if not (isinstance(t_free, (int, float)) and math.isfinite(t_free) and t_free > 0):
+            raise TrainingError(f"t_free={t_free!r} must be a positive number")
+        card = dataclasses.replace(card, phases=dataclasses.replace(card.phases, t_free=float(t_free)))
     data = _load_data(run.card, data_dir)
     _check_data(run.card, data)
     if split == "val" and data.x_val is None:
@@ -692,6 +701,7 @@ def evaluate(run_dir, *, which: str = "best", data_dir=None, split: str = "test"
         raise ValueError(f"split={split!r} must be 'test', 'val' or 'train'")
     x, y = {"test": (data.x_test, data.y_test), "val": (data.x_val, data.y_val),
             "train": (data.x_train, data.y_train)}[split]
-    err = error_rate(run.net, x, y, run.card)
+    err = error_rate(run.net, x, y, card)
     return {"run": str(run_dir), "checkpoint": run.checkpoint["tag"], "epoch": run.checkpoint["epoch"],
-            "split": split, "n": int(len(y)), "error": err, "accuracy": 1.0 - err}
+            "split": split, "n": int(len(y)), "t_free": card.phases.t_free, "error": err,
+            "accuracy": 1.0 - err}

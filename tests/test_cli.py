@@ -39,7 +39,7 @@ def _one_line_error(capsys, rc):
 @pytest.mark.parametrize("command, options", [
     ("train", ["--set", "--epochs", "--data-dir", "--out", "--quiet"]),
     ("resume", ["--epochs", "--data-dir", "--quiet"]),
-    ("evaluate", ["--checkpoint", "--split", "--json", "--data-dir"]),
+    ("evaluate", ["--checkpoint", "--split", "--t-free", "--json", "--data-dir"]),
 ])
 def test_help_explains_every_option(command, options, capsys):
     with pytest.raises(SystemExit) as e:
@@ -63,6 +63,8 @@ def test_train_evaluate_resume(run_dir, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     final = json.loads((run_dir / "summary.json").read_text())["final"]
     assert result["error"] == pytest.approx(final["test_error"]) and result["n"] == 60
+    assert main(["evaluate", str(run_dir), "--checkpoint", "latest", "--json", "--t-free", "40"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["t_free"] == 40.0
     assert main(["resume", str(run_dir), "--epochs", "3", "-q"]) == 0
     assert (run_dir / "metrics.csv").read_text().count("\n") == 4
     assert "epochs = 3" in (run_dir / "card.toml").read_text()
@@ -130,6 +132,7 @@ def test_resume_and_evaluate_errors(tmp_path, capsys, run_dir):
     _one_line_error(capsys, main(["resume", str(tmp_path)]))
     _one_line_error(capsys, main(["evaluate", str(tmp_path / "missing")]))
     _one_line_error(capsys, main(["evaluate", str(run_dir), "--split", "val"]))
+    _one_line_error(capsys, main(["evaluate", str(run_dir), "--t-free", "-1"]))
     assert _snapshot(run_dir) == before
 
 

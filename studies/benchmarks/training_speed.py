@@ -1,0 +1,129 @@
+"""Training throughput of 784-512-512-10 on MNIST against the same matrix products alone.
+
+Runs the library's own jitted training step (the code `ctgep train` runs) with the settings of
+`models/mnist_784-512-512-10.toml` over a subset of MNIST, for three settings of the
+relaxation, in one process:
+
+  * ``fixed``  — the paper-faithful common peer setting: exactly 60 free and 20 nudged clipped
+    Euler steps (dt 0.5), cold start from zero, endpoint rule, batch 20;
+  * ``stop``   — the same, but each phase ends once every sample of the minibatch has
+    ‖μ‖∞ < tol (at most 60 / 20 steps);
+  * ``warm``   — ``stop`` plus warm starts: each example's free phase starts from its own free
+    state of the previous epoch (`phases.warm_start`). The fixed point is unchanged; only the
+    number of steps needed to reach it falls once the weights move slowly.
+
+For each it reports the training time per example (timed over the last epoch) and the mean
+number of vector-field evaluations per minibatch, then times *the same matrix products alone*
+— the per-evaluation products for that many evaluations, the input drive and the outer
+products of the update — in a jitted loop of the same shapes, and prints the ratio
+(target ≥ 50 %). The network starts from a trained checkpoint (``--from``, default the
+committed 784-512-512-10 run) so that the warm-start figure is the one of late training;
+``--from ''`` starts from a Glorot initialisation instead.
+
+    python studies/benchmarks/training_speed.py --data-dir DIR [--examples 6000] [--epochs 2]
+"""
+
+import argparse
+import pathlib
+import platform
+import tempfile
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import ctgep
+from ctgep import _train
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CARD = ROOT / "models" / "mnist_784-512-512-10.toml"
+RUN = ROOT / "studies" / "mnist" / "784-512-512-10_endpoint_tuned"
+
+SETTINGS = {
+    "fixed": ["phases.stop_at_steady_state=false", "phases.warm_start=false"],
+    "stop": ["phases.stop_at_steady_state=true", "phases.warm_start=false"],
+    "warm": ["phases.stop_at_steady_state=true", "phases.warm_start=true"],
+}
+
+
+def best_time(fn, repeats=5):
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def products_alone(net, batch, evals_per_batch, repeats=5):
+    """Seconds per minibatch of the matrix products a training step performs, and nothing else.
+
+    Per evaluation of μ: `Wb₁ρ(s₂)`, `Wf₂ρ(s₁)`, `Wb₂ρ(s₃)`, `Wf₃ρ(s₂)`. Once per minibatch: the
+    input drive `Wf₁ρ(x)` (the phases share it) and the endpoint update's outer products.
+    """
+    Wf, Wb = net.Wf, net.Wb
+    n_evals = int(round(evals_per_batch))
+
+    @jax.jit
+    def step(x, s1, s2, s3):
+        def body(_, s):
+            a, b, c = s
+            return (b @ Wb[0].T, a @ Wf[1].T + c @ Wb[1].T, b @ Wf[2].T)
+
+        s1, s2, s3 = jax.lax.fori_loop(0, n_evals, body, (s1 + x @ Wf[0].T, s2, s3))
+        upd = (s1.T @ x, s1.T @ s2, s2.T @ s1, s2.T @ s3, s3.T @ s2)  # one per weight matrix
+        return s1, s2, s3, upd
+
+    x = jnp.full((batch, Wf[0].shape[1]), 0.1)
+    s = tuple(jnp.full((batch, n), 1e-3) for n in (Wf[0].shape[0], Wf[1].shape[0], Wf[2].shape[0]))
+    return best_time(lambda: step(x, *s), repeats)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=None, help="MNIST folder (default: ctgep's search order)")
+    parser.add_argument("--examples", type=int, default=6000, help="training examples per epoch")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per setting; the last is timed")
+    parser.add_argument("--from", dest="start", default=str(RUN), help="run directory to start from ('' = fresh)")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    args = parser.parse_args()
+
+    print(f"# ctgep training-speed benchmark — {time.strftime('%Y-%m-%d')} — "
+          f"{platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
+          f"device(s), jax {jax.__version__}, float32")
+    print(f"# {CARD.name} (batch 20, Euler dt 0.5, ≤ 60 free + ≤ 20 nudged steps, tol 1e-4); "
+          f"{args.examples} MNIST examples × {args.epochs} epochs per setting; "
+          f"start: {args.start or 'Glorot initialisation'}\n")
+    print("| setting | ms / example | examples / s | evaluations / batch (free + nudged) "
+          "| products alone, ms / example | ratio |")
+    print("|---|---|---|---|---|---|")
+    start_net = ctgep.load_run(args.start, "latest").net if args.start else None
+    for name in args.settings:
+        card = ctgep.load_card(CARD).with_overrides(SETTINGS[name] + [
+            f"data.max_train={args.examples}", "data.max_test=1", f"training.epochs={args.epochs}",
+            "training.checkpoint_every=0"])
+        data = _train._load_data(card, args.data_dir)
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = _train._Trainer(card, data, pathlib.Path(tmp), progress=False, log=lambda *a: None)
+            net, opt_state = trainer.fresh()
+            if start_net is not None:
+                net = start_net
+                opt_state = trainer.optimizer.init(_train._params(net))
+            particles = trainer.fresh_particles(net)
+            meta = trainer._meta(0, 0, 0, _train._zero_accum(), 0.0, [], None)
+            (pathlib.Path(tmp) / "checkpoints").mkdir()
+            _, history = trainer.run(net, opt_state, meta, particles)
+        last = history[-1]
+        per_ex = 1.0 / last["examples_per_s"]
+        evals = last["free_steps"] + last["nudged_steps"]
+        alone = products_alone(net, card.training.batch_size, evals) / card.training.batch_size
+        print(f"| {name} | {per_ex * 1e3:.3f} | {last['examples_per_s']:,.0f} | {evals:.1f} "
+              f"({last['free_steps']:.1f} + {last['nudged_steps']:.1f}) | {alone * 1e3:.3f} | {alone / per_ex:.0%} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
