@@ -46,7 +46,8 @@ class AbstractDynamics(eqx.Module):
         """The units read out as the prediction and compared with the target."""
 
     def drive(self, x: Float[Array, "batch n_in"]) -> Any:
-        """Input-only part of `μ`, computed once per phase. Default: the input itself."""
+        """The part of `μ` that is constant during a phase (the input's drive, and whatever else
+        is worth computing once per phase), passed to :meth:`vector_field`. Default: `x`."""
         return x
 
     def cost(self, state: State, y: Float[Array, "batch n_out"]) -> Float[Array, " batch"]:
@@ -152,20 +153,29 @@ class LayeredNetwork(AbstractDynamics, strict=True):
         return tuple(jnp.zeros((batch, n), self.b[0].dtype) for n in self.sizes[1:])
 
     def drive(self, x):
+        """`(Wf₁ρ(x) + b₁, b₂, …)`, and the recurrent weights transposed once per phase.
+
+        The relaxation multiplies `ρ(s) @ Wᵀ` at every step. Handing the loop `Wᵀ` as a
+        row-major array makes that a plain (batch × n)·(n × m) product; transposing inside the
+        loop costs XLA's CPU backend about a third of its matmul speed at batch 20
+        (`studies/benchmarks/matmul_batch20.py`).
+        """
         rho = get_activation(self.activation)
-        return (rho(x) @ self.Wf[0].T + self.b[0],) + self.b[1:]
+        inputs = (rho(x) @ self.Wf[0].T + self.b[0],) + self.b[1:]
+        return inputs, tuple(w.T for w in self.Wf[1:]), tuple(w.T for w in self.Wb)
 
     def vector_field(self, state, drive):
+        inputs, wf_t, wb_t = drive
         rho = get_activation(self.activation)
         rates = [rho(s) for s in state]
         n = len(state)
         mu = []
         for l in range(n):
-            total = drive[l]
+            total = inputs[l]
             if l > 0:
-                total = total + rates[l - 1] @ self.Wf[l].T
+                total = total + rates[l - 1] @ wf_t[l - 1]
             if l < n - 1:
-                total = total + rates[l + 1] @ self.Wb[l].T
+                total = total + rates[l + 1] @ wb_t[l]
             mu.append(total - state[l])
         return tuple(mu)
 
