@@ -478,7 +478,7 @@ class _Trainer:
                 "the learning rates or β, or shorten the Euler step")
 
     def run(self, net, opt_state, meta, particles=None):
-        card, t = self.card, self.card.training
+        t = self.card.training
         epoch, batch, step = meta["epoch"], meta["batch"], meta["step"]
         history, best = list(meta["history"]), meta["best"]
         accum = {k: np.float32(meta["accum"].get(k, 0.0)) for k in _ACCUM}

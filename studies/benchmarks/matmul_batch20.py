@@ -16,21 +16,13 @@ Pin it to one core (`taskset -c 0 python …`) to compare one core with two.
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+from _timing import best_time
 
 
-def best_time(fn, *args, repeats=7):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main():

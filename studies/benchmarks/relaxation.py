@@ -25,18 +25,11 @@ import jax.random as jr
 import optax
 
 import ctgep
+from _timing import best_time
 
 SIZES = (784, 512, 512, 10)
 
 
-def best_time(fn, repeats):
-    jax.block_until_ready(fn())  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def inputs(batch, key):
@@ -59,7 +52,7 @@ def roofline(net, batch, n_evals, repeats):
         return jax.lax.fori_loop(0, n_evals, body, (s1, s2, s3))
 
     s = tuple(jnp.full((batch, n), 1e-3) for n in SIZES[1:])
-    t = best_time(lambda: loop(*s), repeats)
+    t = best_time(lambda: loop(*s), repeats=repeats)
     flops = 2 * batch * (2 * 512 * 512 + 2 * 512 * 10) * n_evals
     return n_evals / t, flops / t
 
@@ -67,7 +60,7 @@ def roofline(net, batch, n_evals, repeats):
 def euler_rate(net, x, n_evals, repeats):
     solver = ctgep.Euler(dt=0.5)
     run = lambda: ctgep.free_phase(net, x, solver=solver, t_max=0.5 * n_evals, stop_at_steady_state=False).state
-    return n_evals / best_time(run, repeats)
+    return n_evals / best_time(run, repeats=repeats)
 
 
 def adaptive_rate(net, x, repeats, t_max=20.0):
@@ -75,7 +68,7 @@ def adaptive_rate(net, x, repeats, t_max=20.0):
     r = run()
     steps = int(r.steps[0])
     evals = 6 * steps + 1  # Tsit5 is FSAL: 6 new stages per step, plus the first
-    return evals / best_time(lambda: run().state, repeats), steps, evals
+    return evals / best_time(lambda: run().state, repeats=repeats), steps, evals
 
 
 def steps_to_tolerance(net, x, tol=1e-4):
@@ -95,7 +88,7 @@ def steps_to_tolerance(net, x, tol=1e-4):
 def joint_vs_vmap(net, x, repeats, t_max=20.0):
     """Seconds for one Tsit5 free phase with the batch as one ODE state and vmapped per sample."""
     run = lambda batch: (lambda: ctgep.free_phase(net, x, t_max=t_max, batch=batch).state)
-    return best_time(run("joint"), repeats), best_time(run("vmap"), repeats)
+    return best_time(run("joint"), repeats=repeats), best_time(run("vmap"), repeats=repeats)
 
 
 def training_step_cost(net, x, y, repeats, n_free=60, n_nudged=20, dt=0.5, beta=0.5):
@@ -112,7 +105,7 @@ def training_step_cost(net, x, y, repeats, n_free=60, n_nudged=20, dt=0.5, beta=
         updates, opt_state = opt.update(ctgep.as_gradient(step.update), opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    t = best_time(lambda: train_step(params, opt_state, x, y), repeats)
+    t = best_time(lambda: train_step(params, opt_state, x, y), repeats=repeats)
     return t / x.shape[0]
 
 

@@ -29,12 +29,11 @@ import platform
 import tempfile
 import time
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import ctgep
+from _timing import best_time
 from ctgep import _train
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -48,14 +47,6 @@ SETTINGS = {
 }
 
 
-def best_time(fn, repeats=5):
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def products_alone(net, batch, evals_per_batch, repeats=5):
@@ -79,7 +70,7 @@ def products_alone(net, batch, evals_per_batch, repeats=5):
 
     x = jnp.full((batch, Wf[0].shape[1]), 0.1)
     s = tuple(jnp.full((batch, n), 1e-3) for n in (Wf[0].shape[0], Wf[1].shape[0], Wf[2].shape[0]))
-    return best_time(lambda: step(x, *s), repeats)
+    return best_time(lambda: step(x, *s), repeats=repeats)
 
 
 def main():
