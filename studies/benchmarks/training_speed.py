@@ -20,7 +20,11 @@ products of the update — in a jitted loop of the same shapes, and prints the r
 committed 784-512-512-10 run) so that the warm-start figure is the one of late training;
 ``--from ''`` starts from a Glorot initialisation instead.
 
+With ``--batch-sizes 20 64 128`` each setting is also run at those minibatch sizes (same number
+of steps per phase): the dense products at batch 20 run on one core, larger ones use both.
+
     python studies/benchmarks/training_speed.py --data-dir DIR [--examples 6000] [--epochs 2]
+        [--settings fixed stop warm] [--batch-sizes 20]
 """
 
 import argparse
@@ -80,20 +84,21 @@ def main():
     parser.add_argument("--epochs", type=int, default=2, help="epochs per setting; the last is timed")
     parser.add_argument("--from", dest="start", default=str(RUN), help="run directory to start from ('' = fresh)")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[20], help="minibatch sizes to time")
     args = parser.parse_args()
 
     print(f"# ctgep training-speed benchmark — {time.strftime('%Y-%m-%d')} — "
           f"{platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
           f"device(s), jax {jax.__version__}, float32")
-    print(f"# {CARD.name} (batch 20, Euler dt 0.5, ≤ 60 free + ≤ 20 nudged steps, tol 1e-4); "
+    print(f"# {CARD.name} (Euler dt 0.5, ≤ 60 free + ≤ 20 nudged steps, tol 1e-4); "
           f"{args.examples} MNIST examples × {args.epochs} epochs per setting; "
           f"start: {args.start or 'Glorot initialisation'}\n")
-    print("| setting | ms / example | examples / s | evaluations / batch (free + nudged) "
+    print("| setting | batch | ms / example | examples / s | evaluations / batch (free + nudged) "
           "| products alone, ms / example | ratio |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     start_net = ctgep.load_run(args.start, "latest").net if args.start else None
-    for name in args.settings:
-        card = ctgep.load_card(CARD).with_overrides(SETTINGS[name] + [
+    for name, batch in ((n, b) for n in args.settings for b in args.batch_sizes):
+        card = ctgep.load_card(CARD).with_overrides(SETTINGS[name] + [f"training.batch_size={batch}",
             f"data.max_train={args.examples}", "data.max_test=1", f"training.epochs={args.epochs}",
             "training.checkpoint_every=0"])
         data = _train._load_data(card, args.data_dir)
@@ -111,7 +116,7 @@ def main():
         per_ex = 1.0 / last["examples_per_s"]
         evals = last["free_steps"] + last["nudged_steps"]
         alone = products_alone(net, card.training.batch_size, evals) / card.training.batch_size
-        print(f"| {name} | {per_ex * 1e3:.3f} | {last['examples_per_s']:,.0f} | {evals:.1f} "
+        print(f"| {name} | {batch} | {per_ex * 1e3:.3f} | {last['examples_per_s']:,.0f} | {evals:.1f} "
               f"({last['free_steps']:.1f} + {last['nudged_steps']:.1f}) | {alone * 1e3:.3f} | {alone / per_ex:.0%} |",
               flush=True)
 
