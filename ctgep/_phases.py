@@ -135,6 +135,12 @@ def _relax_adaptive(net, x, y, s_init, beta, solver: Adaptive, t_max, tol, stop,
     return z, sol.ts[-1], sol.stats["num_steps"], ok, residual
 
 
+# Fixed-length Euler phases unroll the loop by two: XLA then fuses one step's clip with the
+# next step's activations and overlaps their products (+8 % vector-field evaluations per second
+# at batch 20 on one core of the 2-core Xeon; `studies/benchmarks/relaxation.py`).
+_UNROLL = 2
+
+
 def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synapses, eta):
     params, static = _split(net)
     drive = net.drive(x)
@@ -175,7 +181,10 @@ def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synap
     res0 = jnp.full_like(_residual(s_init), jnp.inf)
     acc0 = jax.tree_util.tree_map(jnp.zeros_like, params) if synapses != "none" else None
     carry = (jnp.asarray(0), s_init, res0, acc0, params)
-    k, s, _, acc, p = jax.lax.while_loop(cond, body, carry)
+    if stop:
+        k, s, _, acc, p = jax.lax.while_loop(cond, body, carry)
+    else:
+        k, s, _, acc, p = jax.lax.fori_loop(0, n_steps, lambda _, c: body(c), carry, unroll=_UNROLL)
     mu = projected(p, s)
     z = {"s": s}
     if synapses != "none":
