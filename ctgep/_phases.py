@@ -159,16 +159,15 @@ def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synap
 
     # μ is evaluated once per step inside the body, so the Euler update, the clip and the
     # residual fuse with the products (carrying μ between steps cost one more kernel per layer).
-    # The stop test sees the residual of the step just taken: a phase that stops takes one
-    # step past the first state with ‖μ‖∞ < tol, and its final residual is evaluated below.
-    def cond(carry):
-        k, _, res, _, _ = carry
-        going = k < n_steps
-        return going & (jnp.max(res) >= tol) if stop else going
-
+    # With `stop`, a step whose state already has ‖μ‖∞ < tol for every sample is not taken:
+    # the phase ends on the first settled state, as an explicit test before each step would.
     def body(carry):
-        k, s, _, acc, p = carry
+        k, s, _, done, acc, p = carry
         mu = projected(p, s)
+        res = _residual(mu) if stop else carry[2]
+        if stop:
+            done = jnp.max(res) < tol
+            mu = jax.tree_util.tree_map(lambda m: jnp.where(done, 0.0, m), mu)
         ds = jax.tree_util.tree_map(lambda m: dt * m, mu)
         if synapses != "none":
             g = _synapse_rate(p, static, s, x, ds)
@@ -176,22 +175,24 @@ def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synap
             if synapses == "continual":
                 p = jax.tree_util.tree_map(lambda a, b: a + eta / beta * b, p, g)
         s = jax.tree_util.tree_map(jnp.add, s, ds)
-        return k + 1, s, _residual(mu) if stop else res0, acc, p
+        return k + (~done).astype(k.dtype), s, res, done, acc, p
 
     res0 = jnp.full_like(_residual(s_init), jnp.inf)
     acc0 = jax.tree_util.tree_map(jnp.zeros_like, params) if synapses != "none" else None
-    carry = (jnp.asarray(0), s_init, res0, acc0, params)
+    carry = (jnp.asarray(0), s_init, res0, jnp.asarray(False), acc0, params)
     if stop:
-        k, s, _, acc, p = jax.lax.while_loop(cond, body, carry)
+        carry = jax.lax.while_loop(lambda c: (c[0] < n_steps) & ~c[3], body, carry)
     else:
-        k, s, _, acc, p = jax.lax.fori_loop(0, n_steps, lambda _, c: body(c), carry, unroll=_UNROLL)
-    mu = projected(p, s)
+        carry = jax.lax.fori_loop(0, n_steps, lambda _, c: body(c), carry, unroll=_UNROLL)
+    k, s, res, done, acc, p = carry
+    # The residual at the final state: known already when the phase stopped on it.
+    residual = jax.lax.cond(done, lambda: res, lambda: _residual(projected(p, s)))
     z = {"s": s}
     if synapses != "none":
         z["acc"] = acc
     if synapses == "continual":
         z["theta"] = p
-    return z, k * dt, k, jnp.asarray(True), _residual(mu)
+    return z, k * dt, k, jnp.asarray(True), residual
 
 
 def _final_residual(net, x, y, beta, z, solver, synapses):
