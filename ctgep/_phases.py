@@ -135,10 +135,10 @@ def _relax_adaptive(net, x, y, s_init, beta, solver: Adaptive, t_max, tol, stop,
     return z, sol.ts[-1], sol.stats["num_steps"], ok, residual
 
 
-# Fixed-length Euler phases unroll the loop by two: XLA then fuses one step's clip with the
-# next step's activations and overlaps their products (+8 % vector-field evaluations per second
-# at batch 20 on one core of the 2-core Xeon; `studies/benchmarks/relaxation.py`).
-_UNROLL = 2
+# Unrolling the fixed-length Euler loop by two helps on one core (+8 % evaluations per second
+# at batch 20) but costs 14 % on both cores of the 2-core Xeon (7 770 → 6 650 evaluations per
+# second), where XLA overlaps the products of one step; so it is off.
+_UNROLL = 1
 
 
 def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synapses, eta):
