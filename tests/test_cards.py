@@ -40,6 +40,8 @@ def test_paper_cards_follow_appendix_c():
 
 @pytest.mark.parametrize("card, overrides, run", [
     ("mnist_784-512-512-10.toml", [], "784-512-512-10_endpoint_tuned"),
+    ("mnist_784-512-512-10.toml", ["training.epochs=80", "phases.stop_at_steady_state=false"],
+     "784-512-512-10_endpoint_long"),
     ("mnist_784-512-512-10.toml", ["learning.learning_rates=[0.4,0.1,0.01]", "training.epochs=50"],
      "784-512-512-10_endpoint"),
     ("mnist_784-512-512-10_integrated.toml", [], "784-512-512-10_integrated"),
