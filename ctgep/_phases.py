@@ -135,12 +135,6 @@ def _relax_adaptive(net, x, y, s_init, beta, solver: Adaptive, t_max, tol, stop,
     return z, sol.ts[-1], sol.stats["num_steps"], ok, residual
 
 
-# Unrolling the fixed-length Euler loop by two helps on one core (+8 % evaluations per second
-# at batch 20) but costs 14 % on both cores of the 2-core Xeon (7 770 → 6 650 evaluations per
-# second), where XLA overlaps the products of one step; so it is off.
-_UNROLL = 1
-
-
 def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synapses, eta):
     params, static = _split(net)
     drive = net.drive(x)
@@ -162,10 +156,10 @@ def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synap
     # With `stop`, a step whose state already has ‖μ‖∞ < tol for every sample is not taken:
     # the phase ends on the first settled state, as an explicit test before each step would.
     def body(carry):
-        k, s, _, done, acc, p = carry
+        k, s, res, done, acc, p = carry
         mu = projected(p, s)
-        res = _residual(mu) if stop else carry[2]
         if stop:
+            res = _residual(mu)
             done = jnp.max(res) < tol
             mu = jax.tree_util.tree_map(lambda m: jnp.where(done, 0.0, m), mu)
         ds = jax.tree_util.tree_map(lambda m: dt * m, mu)
@@ -183,7 +177,10 @@ def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synap
     if stop:
         carry = jax.lax.while_loop(lambda c: (c[0] < n_steps) & ~c[3], body, carry)
     else:
-        carry = jax.lax.fori_loop(0, n_steps, lambda _, c: body(c), carry, unroll=_UNROLL)
+        # Not unrolled: unrolling by two helps on one core (+8 % evaluations per second at
+        # batch 20) but costs 14 % on both cores of the 2-core Xeon, where XLA overlaps the
+        # products of one step.
+        carry = jax.lax.fori_loop(0, n_steps, lambda _, c: body(c), carry)
     k, s, res, done, acc, p = carry
     # The residual at the final state: known already when the phase stopped on it.
     residual = jax.lax.cond(done, lambda: res, lambda: _residual(projected(p, s)))
