@@ -135,6 +135,14 @@ def _relax_adaptive(net, x, y, s_init, beta, solver: Adaptive, t_max, tol, stop,
     return z, sol.ts[-1], sol.stats["num_steps"], ok, residual
 
 
+def _project(s, mu, bounds, dt):
+    """The clipped Euler scheme's effective `μ`: `(clip(s + dt μ, lo, hi) − s) / dt` (Eq. 59)."""
+    if bounds is None:
+        return mu
+    lo, hi = bounds
+    return jax.tree_util.tree_map(lambda a, m: (jnp.clip(a + dt * m, lo, hi) - a) / dt, s, mu)
+
+
 def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synapses, eta):
     params, static = _split(net)
     drive = net.drive(x)
@@ -145,11 +153,7 @@ def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synap
     def projected(p, s):
         current = eqx.combine(p, static)
         d = current.drive(x) if synapses == "continual" else drive
-        mu = _mu_beta(current, s, d, y, beta)
-        if bounds is None:
-            return mu
-        lo, hi = bounds
-        return jax.tree_util.tree_map(lambda a, m: (jnp.clip(a + dt * m, lo, hi) - a) / dt, s, mu)
+        return _project(s, _mu_beta(current, s, d, y, beta), bounds, dt)
 
     # μ is evaluated once per step inside the body, so the Euler update, the clip and the
     # residual fuse with the products (carrying μ between steps cost one more kernel per layer).
@@ -197,11 +201,8 @@ def _final_residual(net, x, y, beta, z, solver, synapses):
     params, static = _split(net)
     current = eqx.combine(z.get("theta", params), static)
     mu = _mu_beta(current, z["s"], current.drive(x), y, beta)
-    bounds = current.state_bounds if isinstance(solver, Euler) and solver.clip else None
-    if bounds is not None:
-        lo, hi = bounds
-        dt = solver.dt
-        mu = jax.tree_util.tree_map(lambda a, m: (jnp.clip(a + dt * m, lo, hi) - a) / dt, z["s"], mu)
+    if isinstance(solver, Euler) and solver.clip:
+        mu = _project(z["s"], mu, current.state_bounds, solver.dt)
     return _residual(mu)
 
 

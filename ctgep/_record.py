@@ -35,6 +35,7 @@ from ._phases import (
     _check_state,
     _diffrax_solve,
     _final_residual,
+    _project,
     _mu_beta,
     _residual,
     _split,
@@ -206,11 +207,7 @@ def _run_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, nudged,
     monitor = _monitor(spec, nudged, beta, s_init, widths)
 
     def projected(s):
-        mu = _mu_beta(net, s, drive, y, beta)
-        if bounds is None:
-            return mu
-        lo, hi = bounds
-        return jax.tree_util.tree_map(lambda a, m: (jnp.clip(a + dt * m, lo, hi) - a) / dt, s, mu)
+        return _project(s, _mu_beta(net, s, drive, y, beta), bounds, dt)
 
     if spec.every:
         size = 1 + n_steps // spec.every + 1

@@ -23,8 +23,6 @@ import jax.random as jr
 from _timing import best_time
 
 
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=20)

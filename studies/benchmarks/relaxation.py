@@ -30,8 +30,6 @@ from _timing import best_time
 SIZES = (784, 512, 512, 10)
 
 
-
-
 def inputs(batch, key):
     k1, k2 = jr.split(key)
     x = jr.uniform(k1, (batch, SIZES[0])) * jr.bernoulli(k2, 0.2, (batch, SIZES[0]))  # MNIST-like sparsity

@@ -51,8 +51,6 @@ SETTINGS = {
 }
 
 
-
-
 def products_alone(net, batch, evals_per_batch, repeats=5):
     """Seconds per minibatch of the matrix products a training step performs, and nothing else.
 
