@@ -48,6 +48,9 @@ class PhasesSection:
     # of zeros; with stop_at_steady_state the free phase then ends after far fewer steps once
     # the weights move slowly. Evaluation always starts from zeros.
     warm_start: bool = False
+    # Free-phase horizon of evaluation (prediction from zeros); 0: the same as t_free. Lets a
+    # warm-started training use a short free phase while predictions still settle from zeros.
+    t_eval: float = 0.0
 
 
 @dataclasses.dataclass
@@ -63,6 +66,9 @@ class LearningSection:
     learning_rates: list[float] = dataclasses.field(default_factory=lambda: [0.1, 0.05])
     schedule: str = "constant"  # or "cosine": decay each rate to final_fraction of it by the end
     final_fraction: float = 0.0
+    # L2 on the weights Wf, Wb (not b): the optimiser is fed −ΔW + weight_decay · W, so with sgd
+    # each step also shrinks W by α_l · weight_decay · W.
+    weight_decay: float = 0.0
 
 
 @dataclasses.dataclass
@@ -254,6 +260,10 @@ def validate(card: Card) -> None:
         raise CardError(f"learning.nudging={l.nudging!r} also nudges with −β, and at β={l.beta} ≥ 1 "
                         "the output units lose their leak (ds/dt = −(1−β)s + …) and never settle; "
                         "use β < 1 or nudging = 'one-sided'")
+    if not (math.isfinite(p.t_eval) and p.t_eval >= 0):
+        raise CardError(f"phases.t_eval={p.t_eval!r} must be ≥ 0 (0: the same as phases.t_free)")
+    if not (math.isfinite(l.weight_decay) and l.weight_decay >= 0):
+        raise CardError(f"learning.weight_decay={l.weight_decay!r} must be ≥ 0")
     if l.rule == "continual":
         _positive(l.eta, "learning.eta")
     if l.optimizer not in OPTIMIZERS:

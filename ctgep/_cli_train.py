@@ -75,7 +75,7 @@ def register(subparsers) -> None:
     p.add_argument("--split", choices=("test", "val", "train"), default="test",
                    help="which data to evaluate on (default: test)")
     p.add_argument("--t-free", type=float, default=None, metavar="T",
-                   help="free-phase horizon for the prediction (default: the card's phases.t_free)")
+                   help="free-phase horizon for the prediction (default: the card's phases.t_eval, else t_free)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _common_data(p)
     p.set_defaults(func=_evaluate)

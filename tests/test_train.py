@@ -98,6 +98,38 @@ def test_per_layer_learning_rates_reach_their_layers(small_data, tmp_path):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
 
+def test_weight_decay_shrinks_weights_not_biases():
+    """With sgd, `learning.weight_decay` adds α·wd·W to each step's change of Wf and Wb only."""
+    card = ctgep.load_card("digits", overrides=["model.sizes=[64, 24, 10]", "learning.learning_rates=[0.2, 0.1]",
+                                                "learning.weight_decay=0.5"])
+    net = _train.build_network(card, jr.key(0))
+    opt = _train.build_optimizer(card)
+    params = _train._params(net)
+    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = opt.update(zero, opt.init(params), params)
+    np.testing.assert_allclose(updates.Wf[0], -0.2 * 0.5 * net.Wf[0], rtol=1e-6)
+    np.testing.assert_allclose(updates.Wb[0], -0.2 * 0.5 * net.Wb[0], rtol=1e-6)
+    np.testing.assert_allclose(updates.Wf[1], -0.1 * 0.5 * net.Wf[1], rtol=1e-6)
+    assert all(float(jnp.max(jnp.abs(u))) == 0 for u in updates.b)
+    with pytest.raises(ctgep.CardError, match="learning.weight_decay"):
+        ctgep.load_card("digits", overrides=["learning.weight_decay=-1"])
+
+
+def test_evaluation_horizon_t_eval(small_data, tmp_path):
+    """`phases.t_eval` sets the prediction's free-phase horizon apart from training's `t_free`."""
+    quiet = dict(progress=False, log=lambda *a: None)
+    over = SMALL + ["training.epochs=1", "phases.stop_at_steady_state=false"]
+    run = ctgep.train("digits", tmp_path / "a", overrides=over + ["phases.t_eval=1"], **quiet)
+    short = ctgep.evaluate(tmp_path / "a", which="latest")
+    assert short["t_free"] == 1 and short["error"] == pytest.approx(run.metrics.test_error.values[-1])
+    long = ctgep.evaluate(tmp_path / "a", which="latest", t_free=10)
+    card10 = ctgep.load_card(tmp_path / "a" / "card.toml", overrides=["phases.t_eval=0"])
+    assert long["error"] == pytest.approx(_train.error_rate(run.net, small_data.x_test, small_data.y_test, card10))
+    assert long["error"] != short["error"]
+    with pytest.raises(ctgep.CardError, match="phases.t_eval"):
+        ctgep.load_card("digits", overrides=["phases.t_eval=-1"])
+
+
 def test_alignment_cosine_and_trace():
     net = ctgep.LayeredNetwork([5, 7, 6, 3], key=jr.key(0), feedback="transpose")
     al = ctgep.alignment(net)
