@@ -38,14 +38,23 @@ def test_paper_cards_follow_appendix_c():
         assert c.learning.rule == "endpoint" and c.learning.beta == 1.0
 
 
+COLD = ["phases.warm_start=false"]  # the 784-512-512-10 runs made before the card's warm starts
+
+
 @pytest.mark.parametrize("card, overrides, run", [
-    ("mnist_784-512-512-10.toml", [], "784-512-512-10_endpoint_tuned"),
-    ("mnist_784-512-512-10.toml", ["training.epochs=80", "phases.stop_at_steady_state=false"],
-     "784-512-512-10_endpoint_long"),
-    ("mnist_784-512-512-10.toml", ["learning.learning_rates=[0.4,0.1,0.01]", "training.epochs=50"],
+    ("mnist_784-512-512-10.toml", [], "784-512-512-10_endpoint_warm"),
+    ("mnist_784-512-512-10.toml", ["training.seed=1"], "784-512-512-10_endpoint_warm_seed1"),
+    ("mnist_784-512-512-10.toml", COLD + ["phases.stop_at_steady_state=true", "training.epochs=38"],
+     "784-512-512-10_endpoint_tuned"),
+    ("mnist_784-512-512-10.toml", COLD + ["training.epochs=80"], "784-512-512-10_endpoint_long"),
+    ("mnist_784-512-512-10.toml", COLD + ["phases.stop_at_steady_state=true",
+                                          "learning.learning_rates=[0.4,0.1,0.01]", "training.epochs=50"],
      "784-512-512-10_endpoint"),
     ("mnist_784-512-512-10_integrated.toml", [], "784-512-512-10_integrated"),
     ("mnist_784-512-512-512-10.toml", [], "784-512-512-512-10_endpoint_tuned"),
+    ("mnist_784-512-512-512-10.toml", ["phases.warm_start=true", "phases.stop_at_steady_state=false",
+                                       "training.epochs=35", "training.checkpoint_every=0"],
+     "784-512-512-512-10_endpoint_warm"),
     ("mnist_784-512-512-512-10.toml", ["learning.learning_rates=[0.4,0.1,0.04,0.01]"],
      "784-512-512-512-10_endpoint"),
 ])
