@@ -327,6 +327,9 @@ def _load_particles(folder: pathlib.Path, meta: dict, shape, dtype):
     side = folder / "latest.json"
     if "particles_file" not in meta:
         raise TrainingError(f"checkpoint {side} has no particles file, but the card sets phases.warm_start")
+    if not (folder / meta["particles_file"]).is_file():
+        raise TrainingError(f"the warm-start particles {folder / meta['particles_file']} named by {side} are "
+                            "missing (committed runs leave them out); resume needs them")
     blob = _read_checked(folder, side, meta, "particles_file", "particles_sha256")
     a = np.load(io.BytesIO(blob), allow_pickle=False)
     if a.shape != tuple(shape) or a.dtype != dtype:

@@ -273,3 +273,7 @@ def test_warm_start_saves_free_steps_and_resumes_exactly(tmp_path):
     (folder / latest["particles_file"]).write_bytes(b"corrupt")
     with pytest.raises(ctgep.TrainingError, match="sha256"):
         ctgep.resume(tmp_path / "warm-True", **quiet)
+    (folder / latest["particles_file"]).unlink()  # as in a clone of a committed run
+    with pytest.raises(ctgep.TrainingError, match="particles .* are missing"):
+        ctgep.resume(tmp_path / "warm-True", **quiet)
+    assert ctgep.evaluate(tmp_path / "warm-True", which="latest")["error"] == ev["error"]
