@@ -104,11 +104,17 @@ def _param_labels(params):
     )
 
 
+def _weights_only(params):
+    """Mask of the matrices (Wf, Wb) among the parameters: weight decay spares the biases."""
+    return jax.tree_util.tree_map(lambda a: a.ndim == 2, params)
+
+
 def build_optimizer(card: Card, steps_per_epoch: int = 1) -> optax.GradientTransformation:
     """Per-layer learning rates `α_l` (Wf_l, Wb_l and b_l of layer l share `α_l`).
 
     With `learning.schedule = "cosine"` each rate decays over `epochs × steps_per_epoch` steps
-    to `final_fraction` of its value.
+    to `final_fraction` of its value; `learning.weight_decay` adds `wd · W` to the descent
+    direction of every weight matrix before the optimiser.
     """
     l = card.learning
     total = max(card.training.epochs * steps_per_epoch, 1)
@@ -123,8 +129,7 @@ def build_optimizer(card: Card, steps_per_epoch: int = 1) -> optax.GradientTrans
         else:
             opt = optax.adam(lr)
         if l.weight_decay:
-            weights_only = lambda params: jax.tree_util.tree_map(lambda a: a.ndim == 2, params)  # noqa: E731
-            opt = optax.chain(optax.add_decayed_weights(float(l.weight_decay), mask=weights_only), opt)
+            opt = optax.chain(optax.add_decayed_weights(float(l.weight_decay), mask=_weights_only), opt)
         return opt
 
     transforms = {f"layer{i + 1}": one(float(lr)) for i, lr in enumerate(l.learning_rates)}
