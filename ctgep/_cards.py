@@ -52,6 +52,11 @@ class PhasesSection:
     # warm-started training use a short free phase while predictions still settle from zeros.
     t_eval: float = 0.0
 
+    @property
+    def prediction_horizon(self) -> float:
+        """The free-phase horizon of every evaluation: `t_eval`, or `t_free` when it is 0."""
+        return self.t_eval or self.t_free
+
 
 @dataclasses.dataclass
 class LearningSection:

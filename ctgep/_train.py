@@ -204,7 +204,7 @@ def _make_steps(card: Card, optimizer, cache_key=None):
 
     @eqx.filter_jit
     def eval_step(net, x, labels, mask):
-        r = free_phase(net, x, t_max=float(p.t_eval or p.t_free), policy="flag", **common)
+        r = free_phase(net, x, t_max=float(p.prediction_horizon), policy="flag", **common)
         pred = jnp.argmax(net.output(r.state), axis=-1)
         return jnp.sum((pred != labels) & mask)
 
@@ -717,5 +717,5 @@ def evaluate(run_dir, *, which: str = "best", data_dir=None, split: str = "test"
             "train": (data.x_train, data.y_train)}[split]
     err = error_rate(run.net, x, y, card)
     return {"run": str(run_dir), "checkpoint": run.checkpoint["tag"], "epoch": run.checkpoint["epoch"],
-            "split": split, "n": int(len(y)), "t_free": card.phases.t_eval or card.phases.t_free, "error": err,
+            "split": split, "n": int(len(y)), "t_free": card.phases.prediction_horizon, "error": err,
             "accuracy": 1.0 - err}

@@ -36,7 +36,7 @@ def main():
     for run_dir in runs:
         run = ctgep.load_run(run_dir, "latest")
         p = run.card.phases
-        free = ctgep.free_phase(run.net, x, solver=ctgep.Euler(dt=p.dt), t_max=p.t_eval or p.t_free,
+        free = ctgep.free_phase(run.net, x, solver=ctgep.Euler(dt=p.dt), t_max=p.prediction_horizon,
                                 stop_at_steady_state=False, policy="flag")
         for layer, h in enumerate(free.state[:-1], start=1):
             h = np.asarray(h)
