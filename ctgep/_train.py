@@ -21,7 +21,7 @@ replaces the previous one in one ``os.replace``. A process killed at any instant
 previous consistent checkpoint, and ``resume`` continues bit for bit: the data order of an
 epoch and the key of a step are pure functions of the seed, the epoch and the step.
 
-With ``phases.warm_start`` the trainer also keeps, on the device, each training example's last
+With ``phases.warm_start`` the trainer also keeps, in host memory, each training example's last
 free state ("persistent particles", an ``(n_train, Σ sizes[1:])`` array): the train step starts
 the minibatch's free phase from its rows and writes the final free states back. The ``latest``
 checkpoint saves them to ``particles-<step>.npy`` (named and hashed in its sidecar, like the
@@ -165,16 +165,15 @@ def _make_steps(card: Card, optimizer, cache_key=None):
     n_out = card.model.sizes[-1]
     bs = card.training.batch_size
 
-    def train_step(net, opt_state, accum, x_all, y_all, perm, batch, step, key, beta, particles=None):
+    def train_step(net, opt_state, accum, x_all, y_all, perm, batch, step, key, beta, s_rows=None):
         idx = jax.lax.dynamic_slice_in_dim(perm, batch * bs, bs)
         x, labels = x_all[idx], y_all[idx]
         y = jax.nn.one_hot(labels, n_out, dtype=x.dtype)
-        s_init = None if particles is None else _unflatten_state(particles[idx], card.model.sizes)
+        s_init = None if s_rows is None else _unflatten_state(s_rows, card.model.sizes)
         r = ep_step(net, x, y, beta=beta, rule=l.rule, nudging=l.nudging, key=jr.fold_in(key, step),
                     t_free=float(p.t_free), t_nudged=float(p.t_nudged), s_init=s_init,
                     eta=float(l.eta) if l.rule == "continual" else None, policy="flag", **common)
-        if particles is not None:
-            particles = particles.at[idx].set(jnp.concatenate(r.free.state, axis=-1))
+        free_rows = None if s_rows is None else jnp.concatenate(r.free.state, axis=-1)
         grads = as_gradient(r.update)
         updates, opt_state = optimizer.update(grads, opt_state, _params(net))
         new = eqx.apply_updates(net, updates)
@@ -194,13 +193,13 @@ def _make_steps(card: Card, optimizer, cache_key=None):
             "nonfinite": (~finite).astype(f),
         }
         accum = {k: accum[k] + stats[k] for k in _ACCUM}
-        return new, opt_state, accum, particles
+        return new, opt_state, accum, free_rows
 
-    # The parameters, optimiser state and (with warm starts) particles are updated in place:
-    # their buffers are donated, which saves one allocation and copy of every parameter per
-    # minibatch. Every leaf of these arguments is an array.
-    donate = ("net", "opt_state") + (("particles",) if p.warm_start else ())
-    train_step = jax.jit(train_step, donate_argnames=donate)
+    # No argument is donated. Donating the parameters and optimiser state (updating them in
+    # place) made the step 1.5x slower on the 2-core Xeon, 0.86 against 0.56 ms per example
+    # (studies/benchmarks/training_speed.py): the dispatch of each step then waits for the
+    # previous one to release its buffers, and the relaxation's products lose a core.
+    train_step = jax.jit(train_step)
 
     @eqx.filter_jit
     def eval_step(net, x, labels, mask):
@@ -340,7 +339,14 @@ def _load_particles(folder: pathlib.Path, meta: dict, shape, dtype):
     if a.shape != tuple(shape) or a.dtype != dtype:
         raise TrainingError(f"checkpoint {folder / meta['particles_file']} holds {a.dtype}{list(a.shape)} "
                             f"particles, the run's card needs {np.dtype(dtype)}{list(shape)}")
-    return jnp.asarray(a)
+    return a
+
+
+def _flush(particles, pending):
+    """Write a step's pending free states into the host-side particle store; returns None."""
+    if pending is not None:
+        particles[pending[0]] = np.asarray(pending[1])
+    return None
 
 
 def _write_metrics(path: pathlib.Path, rows: list[dict]) -> None:
@@ -465,7 +471,7 @@ class _Trainer:
         """The persistent free states of the training examples at the start (None: no warm start)."""
         if not self.card.phases.warm_start:
             return None
-        return jnp.concatenate(net.init_state(self.x), axis=-1)
+        return np.array(jnp.concatenate(net.init_state(self.x), axis=-1))  # a writable copy
 
     def load_particles(self, meta, net):
         """The persistent free states the `latest` checkpoint saved (None: no warm start)."""
@@ -504,13 +510,24 @@ class _Trainer:
         try:
             while epoch < t.epochs:
                 perm = self.perm(epoch)
+                order = np.asarray(perm) if particles is not None else None
                 bar = tqdm(total=self.n_batches, initial=batch, desc=f"epoch {epoch + 1}",
                            unit="batch", leave=False, disable=not self.progress, dynamic_ncols=True)
                 t0, done0 = time.perf_counter() - elapsed, batch
+                pending = None
                 while batch < self.n_batches:
-                    net, opt_state, accum, particles = self.train_step(
+                    rows = None
+                    if particles is not None:
+                        idx = order[batch * t.batch_size:(batch + 1) * t.batch_size]
+                        rows = particles[idx]
+                    net, opt_state, accum, free_rows = self.train_step(
                         net, opt_state, accum, self.x, self.y, perm, np.int32(batch),
-                        np.int32(step), self.step_key, self.beta, particles)
+                        np.int32(step), self.step_key, self.beta, rows)
+                    # The free states go back to the host-side store one step late, so that
+                    # the next step is dispatched before this one is waited for. An epoch
+                    # visits each example once, so no step reads a row still pending.
+                    _flush(particles, pending)
+                    pending = None if particles is None else (idx, free_rows)
                     batch, step = batch + 1, step + 1
                     if batch % t.progress_every == 0 or batch == self.n_batches:
                         self._guard(accum, epoch, batch)
@@ -518,10 +535,12 @@ class _Trainer:
                         bar.update(batch - bar.n)
                     if t.checkpoint_every and batch % t.checkpoint_every == 0 and batch < self.n_batches:
                         self._guard(accum, epoch, batch)
+                        pending = _flush(particles, pending)
                         _save_checkpoint(self.ckpt, "latest", net, opt_state, self._meta(
                             epoch, batch, step, accum, time.perf_counter() - t0, history, best), particles)
                 bar.close()
                 self._guard(accum, epoch, batch)
+                pending = _flush(particles, pending)
                 row = self._epoch_row(net, epoch, accum, time.perf_counter() - t0)
                 history.append(row)
                 score = row.get("val_error", row["test_error"])
