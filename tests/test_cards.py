@@ -38,12 +38,18 @@ def test_paper_cards_follow_appendix_c():
         assert c.learning.rule == "endpoint" and c.learning.beta == 1.0
 
 
-COLD = ["phases.warm_start=false"]  # the 784-512-512-10 runs made before the card's warm starts
+# The 784-512-512-10 runs made before the card's 80 epochs without mid-epoch checkpoints, and
+# those made before its warm starts.
+OLD = ["training.checkpoint_every=1000"]
+WARM40 = OLD + ["training.epochs=40"]
+COLD = OLD + ["phases.warm_start=false"]
 
 
 @pytest.mark.parametrize("card, overrides, run", [
-    ("mnist_784-512-512-10.toml", [], "784-512-512-10_endpoint_warm"),
-    ("mnist_784-512-512-10.toml", ["training.seed=1"], "784-512-512-10_endpoint_warm_seed1"),
+    ("mnist_784-512-512-10.toml", [], "784-512-512-10_endpoint_warm80"),
+    ("mnist_784-512-512-10.toml", ["training.seed=1"], "784-512-512-10_endpoint_warm80_seed1"),
+    ("mnist_784-512-512-10.toml", WARM40, "784-512-512-10_endpoint_warm"),
+    ("mnist_784-512-512-10.toml", WARM40 + ["training.seed=1"], "784-512-512-10_endpoint_warm_seed1"),
     ("mnist_784-512-512-10.toml", COLD + ["phases.stop_at_steady_state=true", "training.epochs=38"],
      "784-512-512-10_endpoint_tuned"),
     ("mnist_784-512-512-10.toml", COLD + ["training.epochs=80"], "784-512-512-10_endpoint_long"),
