@@ -196,9 +196,10 @@ def _make_steps(card: Card, optimizer, cache_key=None):
         return new, opt_state, accum, free_rows
 
     # No argument is donated. Donating the parameters and optimiser state (updating them in
-    # place) made the step 1.5x slower on the 2-core Xeon, 0.86 against 0.56 ms per example
-    # (studies/benchmarks/training_speed.py): the dispatch of each step then waits for the
-    # previous one to release its buffers, and the relaxation's products lose a core.
+    # place) made the step 1.5x slower on both cores of the 2-core Xeon, 0.88 against 0.58 ms
+    # per example (studies/benchmarks/training_speed.py), with seven times as many context
+    # switches: apparently the host thread then waits for the previous step's buffers and the
+    # relaxation's products lose a core. Hence also the host-side particle store (`run`).
     train_step = jax.jit(train_step)
 
     @eqx.filter_jit
