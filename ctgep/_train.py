@@ -22,8 +22,9 @@ previous consistent checkpoint, and ``resume`` continues bit for bit: the data o
 epoch and the key of a step are pure functions of the seed, the epoch and the step.
 
 With ``phases.warm_start`` the trainer also keeps, in host memory, each training example's last
-free state ("persistent particles", an ``(n_train, Σ sizes[1:])`` array): the train step starts
-the minibatch's free phase from its rows and writes the final free states back. The ``latest``
+free state ("persistent particles", an ``(n_train, Σ sizes[1:])`` array): the trainer hands each
+minibatch's rows to the train step as the free phase's start and writes the final free states
+back (one step late, outside the jitted step). The ``latest``
 checkpoint saves them to ``particles-<step>.npy`` (named and hashed in its sidecar, like the
 parameters) so that resume stays exact; ``best`` does not carry them. Evaluation always
 starts from the network's initial state.
