@@ -16,7 +16,7 @@ import ctgep
 from ctgep import _checks
 from ctgep import gradients as G
 
-from theory_problems import BPTT_STEPS, SIZES, SMOOTH, neg, problem
+from theory_problems import BPTT_STEPS, SIZES, SMOOTH, neg, problem, settled_fixed_point
 
 HYP = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 H = 1e-5
@@ -35,7 +35,7 @@ def central(f, h=H):
 @HYP
 def test_lemma2_fixed_point_derivative_in_theta(x64, seed, activation):
     net, x, _ = problem(seed, activation)
-    s = G.fixed_point(net, x)
+    s = settled_fixed_point(net, x)
     params, static = eqx.partition(net, eqx.is_inexact_array)
     t = jax.tree_util.tree_map(lambda a: jr.normal(jr.PRNGKey(seed + 1), a.shape, a.dtype), params)
     moved = lambda h: eqx.combine(jax.tree_util.tree_map(lambda p, d: p + h * d, params, t), static)
@@ -47,7 +47,7 @@ def test_lemma2_fixed_point_derivative_in_theta(x64, seed, activation):
 @HYP
 def test_lemma2_fixed_point_derivative_in_beta(x64, seed, beta):
     net, x, y = problem(seed)
-    s = G.fixed_point(net, x, y, beta=beta)
+    s = settled_fixed_point(net, x, y, beta=beta)
     fd = central(lambda h: G.fixed_point(net, x, y, beta=beta + h, s_init=s, relax=False))
     assert rel(G.dfixed_point_dbeta(net, x, y, beta=beta, s=s), fd) < 1e-6
 
@@ -95,7 +95,7 @@ def test_nu_is_minus_gradient_iff_jacobian_is_symmetric(x64):
 @HYP
 def test_proposition5_cost_decreases_with_beta_at_stable_fixed_points(x64, seed, activation):
     net, x, y = problem(seed, activation)
-    s = G.fixed_point(net, x)
+    s = settled_fixed_point(net, x)
     jac = np.asarray(G.jacobian(net, x, s))
     stable = np.linalg.eigvalsh((jac + np.swapaxes(jac, -1, -2)) / 2).max(axis=-1) < 0
     dcdb = np.asarray(G.dcost_dbeta(net, x, y, s_free=s))
