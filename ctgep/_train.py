@@ -65,6 +65,11 @@ class TrainingError(RuntimeError):
 CHECKPOINT_FORMAT = 1
 _ACCUM = ("batches", "examples", "errors", "cost", "free_steps", "free_time", "nudged_steps",
           "nudged_time", "free_nonconverged", "nudged_nonconverged", "nonfinite")
+# Per output unit: how many training examples of the epoch left it off its lower clip bound in
+# the free phase. A unit at 0 for every example is "silent": its class is never predicted, and
+# while its drive stays below −β neither nudge lifts it, so only its inputs' learning can revive
+# it. Early in training this can pass; a unit silent epoch after epoch is lost.
+_ACTIVE = "active_outputs"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,8 +197,9 @@ def _make_steps(card: Card, optimizer, cache_key=None):
             "free_nonconverged": jnp.sum(~r.free.converged).astype(f),
             "nudged_nonconverged": sum(jnp.sum(~n.converged) for n in r.nudged).astype(f) / len(r.nudged),
             "nonfinite": (~finite).astype(f),
+            _ACTIVE: _active_outputs(net, r.free.state).astype(f),
         }
-        accum = {k: accum[k] + stats[k] for k in _ACCUM}
+        accum = {k: accum[k] + stats[k] for k in accum}
         return new, opt_state, accum, free_rows
 
     # No argument is donated. Donating the parameters and optimiser state (updating them in
@@ -222,8 +228,17 @@ def _permutation(key, epoch, n: int):
     return jr.permutation(jr.fold_in(key, epoch), n).astype(jnp.int32)
 
 
-def _zero_accum():
-    return {k: np.zeros((), np.float32) for k in _ACCUM}
+def _active_outputs(net, state):
+    """Per output unit, the number of samples whose free state is above the lower clip bound."""
+    out = net.output(state)
+    bounds = getattr(net, "state_bounds", None)
+    if bounds is None:  # an unbounded activation: no unit is ever stuck on a bound
+        return jnp.full(out.shape[-1], out.shape[0])
+    return jnp.sum(out > bounds[0], axis=0)
+
+
+def _zero_accum(n_out: int):
+    return {**{k: np.zeros((), np.float32) for k in _ACCUM}, _ACTIVE: np.zeros((n_out,), np.float32)}
 
 
 def error_rate(net, x, labels, card: Card, eval_step=None) -> float:
@@ -489,7 +504,7 @@ class _Trainer:
         return {"epoch": epoch, "batch": batch, "step": step, "seed": self.card.training.seed,
                 "key": np.asarray(jr.key_data(self.step_key)).tolist(),
                 "data_order": f"permutation of fold_in(key, epoch={epoch})",
-                "accum": {k: float(v) for k, v in accum.items()}, "elapsed": elapsed,
+                "accum": {k: np.asarray(v).tolist() for k, v in accum.items()}, "elapsed": elapsed,
                 "history": history, "best": best}
 
     def _guard(self, accum, epoch, batch):
@@ -504,6 +519,10 @@ class _Trainer:
         epoch, batch, step = meta["epoch"], meta["batch"], meta["step"]
         history, best = list(meta["history"]), meta["best"]
         accum = {k: np.float32(meta["accum"].get(k, 0.0)) for k in _ACCUM}
+        # A checkpoint written before the silent-output count has none: count its units as
+        # active rather than report a unit silent for an epoch only partly seen.
+        n_out = self.card.model.sizes[-1]
+        accum[_ACTIVE] = np.asarray(meta["accum"].get(_ACTIVE, np.ones(n_out)), np.float32)
         elapsed = meta["elapsed"]
         from tqdm.auto import tqdm
 
@@ -544,12 +563,13 @@ class _Trainer:
                 self._guard(accum, epoch, batch)
                 pending = _flush(particles, pending)
                 row = self._epoch_row(net, epoch, accum, time.perf_counter() - t0)
+                accum_done = accum
                 history.append(row)
                 score = row.get("val_error", row["test_error"])
                 is_best = best is None or score < best["score"]
                 if is_best:
                     best = {"epoch": epoch + 1, "score": score}
-                epoch, batch, accum, elapsed = epoch + 1, 0, _zero_accum(), 0.0
+                epoch, batch, accum, elapsed = epoch + 1, 0, _zero_accum(n_out), 0.0
                 meta = self._meta(epoch, batch, step, accum, 0.0, history, best)
                 if is_best:
                     _save_checkpoint(self.ckpt, "best", net, opt_state, meta)
@@ -564,7 +584,14 @@ class _Trainer:
                        f"test error {_fmt(row['test_error'])}"
                        + (f", validation error {_fmt(row['val_error'])}" if "val_error" in row else "")
                        + f", {row['wall_time']:.1f}s")
-                (tqdm.write if self.progress else self.log)(msg)
+                write = tqdm.write if self.progress else self.log
+                write(msg)
+                silent = np.flatnonzero(np.asarray(accum_done[_ACTIVE]) == 0)
+                if silent.size:
+                    write(f"warning: output unit(s) {', '.join(map(str, silent))} sat at the lower clip "
+                          f"bound for every training example of epoch {row['epoch']}: their classes were "
+                          "never predicted, and while their drive stays below −β no nudge reaches "
+                          "them; if this persists, lower the output layer's learning rate")
         finally:
             epochs_bar.close()
         if not history:
@@ -572,7 +599,7 @@ class _Trainer:
         return net, history
 
     def _postfix(self, bar, accum, batches_done, seconds):
-        a = {k: float(v) for k, v in accum.items()}
+        a = {k: float(accum[k]) for k in _ACCUM}
         n = max(a["examples"], 1.0)
         bar.set_postfix(err=f"{100 * a['errors'] / n:.1f}%",
                         steps=f"{a['free_steps'] / max(a['batches'], 1):.0f}/{a['nudged_steps'] / max(a['batches'], 1):.0f}",
@@ -581,7 +608,7 @@ class _Trainer:
                         refresh=False)
 
     def _epoch_row(self, net, epoch, accum, wall):
-        a = {k: float(v) for k, v in accum.items()}
+        a = {k: float(accum[k]) for k in _ACCUM}
         n, nb = max(a["examples"], 1.0), max(a["batches"], 1.0)
         row = {"epoch": epoch + 1, "train_error": a["errors"] / n, "train_cost": a["cost"] / n}
         if self.data.x_val is not None:
@@ -591,6 +618,7 @@ class _Trainer:
                    nudged_time=a["nudged_time"] / nb, nudged_steps=a["nudged_steps"] / nb,
                    free_nonconverged=a["free_nonconverged"] / n,
                    nudged_nonconverged=a["nudged_nonconverged"] / n,
+                   silent_outputs=int(np.sum(np.asarray(accum[_ACTIVE]) == 0)),
                    wall_time=wall, examples_per_s=n / max(wall, 1e-9))
         row.update(alignment(net))
         return row
@@ -620,7 +648,7 @@ def _start(card: Card, out, data_dir, progress, log):
     particles = trainer.fresh_particles(net)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     _atomic_write(out / "card.toml", card.to_toml().encode())
-    meta = trainer._meta(0, 0, 0, _zero_accum(), 0.0, [], None)
+    meta = trainer._meta(0, 0, 0, _zero_accum(card.model.sizes[-1]), 0.0, [], None)
     _save_checkpoint(trainer.ckpt, "latest", net, opt_state, meta, particles)
     log(f"run directory: {out}  ({data.name}: {len(data.y_train)} train, {len(data.y_test)} test"
         + (f", {len(data.y_val)} validation" if data.y_val is not None else "") + " examples)")

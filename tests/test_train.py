@@ -277,3 +277,31 @@ def test_warm_start_saves_free_steps_and_resumes_exactly(tmp_path):
     with pytest.raises(ctgep.TrainingError, match="particles .* are missing"):
         ctgep.resume(tmp_path / "warm-True", **quiet)
     assert ctgep.evaluate(tmp_path / "warm-True", which="latest")["error"] == ev["error"]
+
+
+def test_a_silent_output_unit_is_counted_and_reported(small_data, tmp_path, monkeypatch):
+    """An output unit held below −β sits on the clip bound 0 under both nudges: it gets no update
+    and its class is never predicted. The epoch row counts it and the log says which unit."""
+    build = _train.build_network
+
+    def with_a_dead_unit(card, key):
+        net = build(card, key)
+        return eqx.tree_at(lambda n: n.b[-1], net, net.b[-1].at[3].set(-100.0))
+
+    monkeypatch.setattr(_train, "build_network", with_a_dead_unit)
+    lines = []
+    run = ctgep.train("digits", tmp_path / "dead", overrides=["training.epochs=2"], progress=False,
+                      log=lines.append)
+    warnings = [line for line in lines if line.startswith("warning: output unit(s) ")]
+    assert len(warnings) == 2 and "of epoch 2:" in warnings[1]
+    for line, count in zip(warnings, run.metrics.silent_outputs.values, strict=True):
+        units = line.removeprefix("warning: output unit(s) ").split(" sat at")[0].split(", ")
+        assert "3" in units and len(units) == count  # early on, another unit may not be lifted yet
+    assert float(ctgep.load_run(tmp_path / "dead", "latest").net.b[-1][3]) == -100.0  # no update reached it
+
+
+def test_a_healthy_run_has_no_silent_output_unit(tmp_path):
+    lines = []
+    run = ctgep.train("digits", tmp_path / "ok", overrides=["training.epochs=1"], progress=False, log=lines.append)
+    assert list(run.metrics.silent_outputs.values) == [0]
+    assert not any(line.startswith("warning") for line in lines)
