@@ -63,6 +63,7 @@ COLD = OLD + ["phases.warm_start=false"]
      "784-512-512-512-10_endpoint_warm"),
     ("mnist_784-512-512-512-10.toml", ["learning.learning_rates=[0.4,0.1,0.04,0.01]"],
      "784-512-512-512-10_endpoint"),
+    ("mnist_784-512-512-512-10_centered.toml", [], "784-512-512-512-10_centered"),
 ])
 def test_committed_mnist_runs_were_made_by_the_committed_cards(card, overrides, run):
     """`ctgep train models/<card> [--set …]`, as the README writes it, reproduces the run's settings."""
