@@ -237,6 +237,11 @@ def _active_outputs(net, state):
     return jnp.sum(out > bounds[0], axis=0)
 
 
+def _silent_outputs(accum) -> np.ndarray:
+    """Indices of the output units that no training example of the epoch lifted off the bound."""
+    return np.flatnonzero(np.asarray(accum[_ACTIVE]) == 0)
+
+
 def _zero_accum(n_out: int):
     return {**{k: np.zeros((), np.float32) for k in _ACCUM}, _ACTIVE: np.zeros((n_out,), np.float32)}
 
@@ -563,7 +568,7 @@ class _Trainer:
                 self._guard(accum, epoch, batch)
                 pending = _flush(particles, pending)
                 row = self._epoch_row(net, epoch, accum, time.perf_counter() - t0)
-                accum_done = accum
+                silent = _silent_outputs(accum)
                 history.append(row)
                 score = row.get("val_error", row["test_error"])
                 is_best = best is None or score < best["score"]
@@ -586,7 +591,6 @@ class _Trainer:
                        + f", {row['wall_time']:.1f}s")
                 write = tqdm.write if self.progress else self.log
                 write(msg)
-                silent = np.flatnonzero(np.asarray(accum_done[_ACTIVE]) == 0)
                 if silent.size:
                     write(f"warning: output unit(s) {', '.join(map(str, silent))} sat at the lower clip "
                           f"bound for every training example of epoch {row['epoch']}: their classes were "
@@ -618,7 +622,7 @@ class _Trainer:
                    nudged_time=a["nudged_time"] / nb, nudged_steps=a["nudged_steps"] / nb,
                    free_nonconverged=a["free_nonconverged"] / n,
                    nudged_nonconverged=a["nudged_nonconverged"] / n,
-                   silent_outputs=int(np.sum(np.asarray(accum[_ACTIVE]) == 0)),
+                   silent_outputs=len(_silent_outputs(accum)),
                    wall_time=wall, examples_per_s=n / max(wall, 1e-9))
         row.update(alignment(net))
         return row
