@@ -22,7 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import ctgep
+from ctgep._activations import get_activation
 from ctgep._train import build_solver, initial_network
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,6 +43,7 @@ def main():
     p = card.phases
     n_out = card.model.sizes[-1]
     hi = net.state_bounds[1]
+    rho = get_activation(card.model.activation)
 
     @jax.jit
     def pair_cosines(x, labels):
@@ -52,7 +55,7 @@ def main():
             s0 = r.free.state
             ds = [sum((n.state[l] - s0[l]) / b for n, b in zip(r.nudged, r.betas)) / len(r.betas)
                   for l in range(len(s0))]
-            rates = [jnp.clip(s, 0.0, 1.0) for s in s0]
+            rates = [rho(s) for s in s0]
             for l in range(len(net.Wb)):
                 wf_t = net.Wf[l + 1].T
                 full = ds[l].T @ rates[l + 1]
