@@ -42,3 +42,17 @@ def test_committed_mnist_checkpoint_reproduces_its_test_error(run):
 
 def test_the_reported_runs_are_committed():
     assert {"784-512-512-10_endpoint", "784-512-512-512-10_endpoint"} <= set(RUNS)
+
+
+@pytest.mark.skipif(_mnist_dir() is None, reason="MNIST not found through $CTGEP_DATA_DIR")
+def test_the_training_speed_benchmark_runs_against_the_current_trainer():
+    """The benchmark drives the trainer's internals; a smoke run keeps it in step with them."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "studies" / "benchmarks" / "training_speed.py"), "--data-dir",
+         str(_mnist_dir()), "--settings", "fixed", "--examples", "100", "--epochs", "1"],
+        capture_output=True, text=True, timeout=300, check=True).stdout
+    row = [line for line in out.splitlines() if line.startswith("| fixed | 20 |")]
+    assert len(row) == 1 and "80.0 (60.0 + 20.0)" in row[0]

@@ -107,11 +107,11 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             trainer = _train._Trainer(card, data, pathlib.Path(tmp), progress=False, log=lambda *a: None)
             net, opt_state = trainer.fresh()
-            if start_net is not None:  # a copy: the training step donates (consumes) its buffers
+            if start_net is not None:  # a fresh copy for each setting
                 net = jax.tree_util.tree_map(jnp.copy, start_net)
                 opt_state = trainer.optimizer.init(_train._params(net))
             particles = trainer.fresh_particles(net)
-            meta = trainer._meta(0, 0, 0, _train._zero_accum(), 0.0, [], None)
+            meta = trainer._meta(0, 0, 0, _train._zero_accum(card.model.sizes[-1]), 0.0, [], None)
             (pathlib.Path(tmp) / "checkpoints").mkdir()
             net, history = trainer.run(net, opt_state, meta, particles)
         last = history[-1]
