@@ -58,9 +58,10 @@ def main():
             rates = [rho(s) for s in s0]
             for l in range(len(net.Wb)):
                 wf_t = net.Wf[l + 1].T
+                at_hi = s0[l] >= hi
                 full = ds[l].T @ rates[l + 1]
-                kept = (jnp.where(s0[l] >= hi, 0.0, ds[l])).T @ rates[l + 1]
-                out[(nudging, l)] = (_cos_j(full, wf_t), _cos_j(kept, wf_t), jnp.mean(s0[l] >= hi))
+                kept = jnp.where(at_hi, 0.0, ds[l]).T @ rates[l + 1]
+                out[(nudging, l)] = (_cos(full, wf_t), _cos(kept, wf_t), jnp.mean(at_hi))
         return out
 
     rng = np.random.default_rng(0)
@@ -70,8 +71,9 @@ def main():
         res = pair_cosines(jnp.asarray(data.x_train[idx]), jnp.asarray(data.y_train[idx]))
         for k, v in res.items():
             rows.setdefault(k, []).append([float(a) for a in v])
-    print(f"{args.run} ({'initial' if args.at_init else 'final'} weights): {args.batches} minibatches of 20 training images, free phase from zero "
-          f"({p.t_free:g} / {p.t_nudged:g} time units)")
+    which = "initial" if args.at_init else "final"
+    print(f"{args.run} ({which} weights): {args.batches} minibatches of 20 training images, "
+          f"free phase from zero ({p.t_free:g} / {p.t_nudged:g} time units)")
     print("| pair | nudging | β | cos(ΔWb, Wf ᵀ), all units | units of layer l at 1 left out | share of layer l at 1 |")
     print("|---|---|---|---|---|---|")
     for (nudging, l), v in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0] != "one-sided")):
@@ -80,8 +82,10 @@ def main():
         print(f"| {l + 1}–{l + 2} | {nudging} | {beta:g} | {a[:, 0].mean():+.4f} ± {a[:, 0].std(ddof=1) / np.sqrt(len(a)):.4f} | "
               f"{a[:, 1].mean():+.4f} ± {a[:, 1].std(ddof=1) / np.sqrt(len(a)):.4f} | {a[:, 2].mean():.2f} |")
 
-def _cos_j(a, b):
+
+def _cos(a, b):
     return jnp.sum(a * b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b))
+
 
 if __name__ == "__main__":
     main()
