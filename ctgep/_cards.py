@@ -39,6 +39,9 @@ class PhasesSection:
 
     solver: str = "euler"
     dt: float = 0.5  # Euler step ε (Eq. 58–59); ignored by the adaptive solvers
+    # Euler only: scale each unit's step by 1 / (1 + β ∂²C/∂s²), its leak under the nudge. The
+    # fixed point is unchanged; at dt = 1 both phases settle in about half the steps of dt = 0.5.
+    precondition: bool = False
     t_free: float = 20.0
     t_nudged: float = 5.0
     tol: float = 1e-3
@@ -256,6 +259,9 @@ def validate(card: Card) -> None:
         raise CardError(f"phases.solver={p.solver!r} is unknown; choose one of {sorted(SOLVERS)}")
     for key in ("dt", "t_free", "t_nudged", "tol"):
         _positive(getattr(p, key), f"phases.{key}")
+    if p.precondition and p.solver != "euler":
+        raise CardError(f"phases.precondition scales the Euler step; phases.solver={p.solver!r} "
+                        "adapts its own step: use solver = 'euler' or precondition = false")
     _positive(l.beta, "learning.beta")
     if l.rule not in RULES:
         raise CardError(f"learning.rule={l.rule!r} must be one of {list(RULES)}")

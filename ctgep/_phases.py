@@ -136,11 +136,34 @@ def _relax_adaptive(net, x, y, s_init, beta, solver: Adaptive, t_max, tol, stop,
 
 
 def _project(s, mu, bounds, dt):
-    """The clipped Euler scheme's effective `μ`: `(clip(s + dt μ, lo, hi) − s) / dt` (Eq. 59)."""
+    """The clipped Euler scheme's effective `μ`: `(clip(s + dt μ, lo, hi) − s) / dt` (Eq. 59).
+
+    `dt` is one step per layer (a tuple of scalars or `(n_l,)` arrays, see `_unit_steps`).
+    """
     if bounds is None:
         return mu
     lo, hi = bounds
-    return jax.tree_util.tree_map(lambda a, m: (jnp.clip(a + dt * m, lo, hi) - a) / dt, s, mu)
+    return jax.tree_util.tree_map(lambda a, m, h: (jnp.clip(a + h * m, lo, hi) - a) / h, s, mu, dt)
+
+
+def _unit_steps(net, s, y, beta, solver: Euler):
+    """Each layer's Euler step: `ε`, or `ε / (1 + β ∂²C/∂s_i²)` per unit when preconditioned.
+
+    The cost's curvature is its Hessian-vector product with ones at the phase's initial state
+    (exact for the squared error, whose Hessian is the identity on the outputs). Steps are only
+    ever shortened: a unit the nudge makes less stiff (β < 0, centered nudging) keeps `ε`.
+    """
+    dt = solver.dt
+    if not solver.precondition or y is None:
+        return tuple(jnp.asarray(dt, a.dtype) for a in s)
+    cost = lambda u: jnp.sum(net.cost(u, y))
+    ones = jax.tree_util.tree_map(jnp.ones_like, s)
+    curv = jax.jvp(jax.grad(cost), (s,), (ones,))[1]
+    out = []
+    for c in curv:
+        leak = 1.0 + beta * jnp.mean(c, axis=0)  # the same for every sample of the batch
+        out.append((dt / jnp.maximum(leak, 1.0)).astype(c.dtype))
+    return tuple(out)
 
 
 def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synapses, eta):
@@ -149,11 +172,12 @@ def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synap
     bounds = net.state_bounds if solver.clip else None
     dt = solver.dt
     n_steps = max(int(math.ceil(t_max / dt - 1e-9)), 0)
+    steps = _unit_steps(net, s_init, y, beta, solver)
 
     def projected(p, s):
         current = eqx.combine(p, static)
         d = current.drive(x) if synapses == "continual" else drive
-        return _project(s, _mu_beta(current, s, d, y, beta), bounds, dt)
+        return _project(s, _mu_beta(current, s, d, y, beta), bounds, steps)
 
     # μ is evaluated once per step inside the body, so the Euler update, the clip and the
     # residual fuse with the products (carrying μ between steps cost one more kernel per layer).
@@ -166,7 +190,7 @@ def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synap
             res = _residual(mu)
             done = jnp.max(res) < tol
             mu = jax.tree_util.tree_map(lambda m: jnp.where(done, 0.0, m), mu)
-        ds = jax.tree_util.tree_map(lambda m: dt * m, mu)
+        ds = jax.tree_util.tree_map(jnp.multiply, steps, mu)
         if synapses != "none":
             g = _synapse_rate(p, static, s, x, ds)
             acc = jax.tree_util.tree_map(jnp.add, acc, g)
@@ -202,7 +226,7 @@ def _final_residual(net, x, y, beta, z, solver, synapses):
     current = eqx.combine(z.get("theta", params), static)
     mu = _mu_beta(current, z["s"], current.drive(x), y, beta)
     if isinstance(solver, Euler) and solver.clip:
-        mu = _project(z["s"], mu, current.state_bounds, solver.dt)
+        mu = _project(z["s"], mu, current.state_bounds, _unit_steps(current, z["s"], y, beta, solver))
     return _residual(mu)
 
 

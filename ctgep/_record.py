@@ -40,6 +40,7 @@ from ._phases import (
     _residual,
     _split,
     _synapse_rate,
+    _unit_steps,
 )
 from ._solvers import Adaptive, Euler
 
@@ -204,10 +205,11 @@ def _run_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, nudged,
     bounds = net.state_bounds if solver.clip else None
     dt = solver.dt
     n_steps = max(int(math.ceil(t_max / dt - 1e-9)), 0)
+    steps = _unit_steps(net, s_init, y, beta, solver)
     monitor = _monitor(spec, nudged, beta, s_init, widths)
 
     def projected(s):
-        return _project(s, _mu_beta(net, s, drive, y, beta), bounds, dt)
+        return _project(s, _mu_beta(net, s, drive, y, beta), bounds, steps)
 
     if spec.every:
         size = 1 + n_steps // spec.every + 1
@@ -249,7 +251,7 @@ def _run_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, nudged,
 
     def body(carry):
         k, s, mu, acc, j, bufs, tbuf = carry
-        ds = jax.tree_util.tree_map(lambda m: dt * m, mu)
+        ds = jax.tree_util.tree_map(jnp.multiply, steps, mu)
         if nudged:
             acc = jax.tree_util.tree_map(jnp.add, acc, _synapse_rate(params, static, s, x, ds))
         s = jax.tree_util.tree_map(jnp.add, s, ds)

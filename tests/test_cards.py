@@ -7,6 +7,7 @@ import pytest
 
 import ctgep
 from ctgep._cards import Card, CardError, builtin_cards, load_card
+from ctgep._train import build_solver
 
 MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
 
@@ -64,6 +65,7 @@ COLD = OLD + ["phases.warm_start=false"]
     ("mnist_784-512-512-512-10.toml", ["learning.learning_rates=[0.4,0.1,0.04,0.01]"],
      "784-512-512-512-10_endpoint"),
     ("mnist_784-512-512-512-10_centered.toml", [], "784-512-512-512-10_centered"),
+    ("mnist_784-512-512-10.toml", ["phases.dt=1.0", "phases.precondition=true"], "784-512-512-10_jacobi"),
 ])
 def test_committed_mnist_runs_were_made_by_the_committed_cards(card, overrides, run):
     """`ctgep train models/<card> [--set …]`, as the README writes it, reproduces the run's settings."""
@@ -120,6 +122,14 @@ def test_bad_overrides_name_the_key(item, words):
 def test_invalid_values_are_rejected(item, key):
     with pytest.raises(CardError, match=key.replace("[", r"\[").replace("]", r"\]")):
         load_card("digits", overrides=[item])
+
+
+def test_preconditioning_needs_the_euler_solver():
+    card = load_card("digits", overrides=["phases.precondition=true", "phases.dt=1"])
+    assert card.phases.precondition is True
+    assert build_solver(card) == ctgep.Euler(dt=1.0, precondition=True)  # what `ctgep train` relaxes with
+    with pytest.raises(CardError, match="phases.precondition"):
+        load_card("digits", overrides=["phases.precondition=true", "phases.solver=tsit5"])
 
 
 def test_missing_malformed_and_unknown_key_cards(tmp_path):

@@ -11,7 +11,10 @@ relaxation, in one process:
   * ``warm``   — ``stop`` plus warm starts: each example's free phase starts from its own free
     state of the previous epoch (`phases.warm_start`). The fixed point is unchanged; only the
     number of steps needed to reach it falls once the weights move slowly;
-  * ``warm-fixed`` — warm starts with exactly 60 + 20 steps, the card's training setting.
+  * ``warm-fixed`` — warm starts with exactly 60 + 20 steps, the card's training setting;
+  * ``jacobi`` — warm starts and the preconditioned Euler step at dt 1 (`phases.precondition`,
+    the nonlinear Jacobi iteration: the same fixed point), exactly 30 free + 10 nudged steps;
+    ``jacobi-25`` the same with 25 free steps.
 
 For each it reports the training time per example (timed over the last epoch) and the mean
 number of vector-field evaluations per minibatch, then times *the same matrix products alone*
@@ -50,6 +53,10 @@ SETTINGS = {
     "stop": ["phases.stop_at_steady_state=true", "phases.warm_start=false"],
     "warm": ["phases.stop_at_steady_state=true", "phases.warm_start=true"],
     "warm-fixed": ["phases.stop_at_steady_state=false", "phases.warm_start=true"],
+    "jacobi": ["phases.stop_at_steady_state=false", "phases.warm_start=true", "phases.dt=1.0",
+               "phases.precondition=true", "phases.t_free=30", "phases.t_nudged=10"],
+    "jacobi-25": ["phases.stop_at_steady_state=false", "phases.warm_start=true", "phases.dt=1.0",
+                  "phases.precondition=true", "phases.t_free=25", "phases.t_nudged=10"],
 }
 
 
@@ -92,7 +99,7 @@ def main():
     print(f"# ctgep training-speed benchmark — {time.strftime('%Y-%m-%d')} — "
           f"{platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
           f"device(s), jax {jax.__version__}, float32")
-    print(f"# {CARD.name} (Euler dt 0.5, ≤ 60 free + ≤ 20 nudged steps, tol 1e-4); "
+    print(f"# {CARD.name} (Euler dt 0.5, ≤ 60 free + ≤ 20 nudged steps, tol 1e-4; jacobi: dt 1, see --help); "
           f"{args.examples} MNIST examples × {args.epochs} epochs per setting; "
           f"start: {args.start or 'Glorot initialisation'}\n")
     print("| setting | batch | ms / example | examples / s | evaluations / batch (free + nudged) "
