@@ -59,6 +59,8 @@ def register(subparsers) -> None:
     p.add_argument("--solver", default=None, choices=("tsit5", "dopri5", "kvaerno5", "euler"),
                    help="phase solver (default tsit5: a continuous-time trajectory)")
     p.add_argument("--dt", type=float, default=None, help="Euler step (default: the card's, else 0.5)")
+    p.add_argument("--precondition", action="store_true",
+                   help="Euler: divide each unit's step by its nudged leak 1 + β (default: the card's)")
     p.add_argument("--t-free", type=float, default=50.0, help="free-phase horizon (default 50)")
     p.add_argument("--t-nudged", type=float, default=50.0, help="nudged-phase horizon (default 50)")
     p.add_argument("--tol", type=float, default=1e-4, help="steady-state tolerance on ‖μ‖∞ (default 1e-4)")
@@ -165,8 +167,11 @@ def _run(args) -> int:
     solver_name = args.solver or "tsit5"
     if solver_name == "euler":
         dt = args.dt if args.dt is not None else (phases.dt if phases is not None else 0.5)
-        solver = Euler(dt=float(dt))
+        pre = args.precondition or (phases is not None and phases.precondition)
+        solver = Euler(dt=float(dt), precondition=bool(pre))
     else:
+        if args.precondition:
+            raise ValueError("--precondition scales the Euler step; add --solver euler")
         solver = get_solver(solver_name)
     beta = args.beta if args.beta is not None else (card.learning.beta if card is not None else 0.5)
     if args.every is not None:

@@ -147,7 +147,7 @@ def _project(s, mu, bounds, dt):
 
 
 def _unit_steps(net, s, y, beta, solver: Euler):
-    """Each layer's Euler step: `ε`, or `ε / (1 + β ∂²C/∂s_i²)` per unit when preconditioned.
+    """Each layer's Euler step: `ε`, or `ε / max(1, 1 + β ∂²C/∂s_i²)` per unit when preconditioned.
 
     The cost's curvature is its Hessian-vector product with ones at the phase's initial state
     (exact for the squared error, whose Hessian is the identity on the outputs). Steps are only

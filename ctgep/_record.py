@@ -329,7 +329,7 @@ def _record_phase(net, x, y, s_init, beta, solver, t_max, tol, stop, nudged, spe
 
 def _solver_settings(solver) -> dict:
     if isinstance(solver, Euler):
-        return {"kind": "euler", "dt": solver.dt, "clip": solver.clip}
+        return {"kind": "euler", "dt": solver.dt, "clip": solver.clip, "precondition": solver.precondition}
     return {
         "kind": "adaptive",
         "solver": type(solver.solver).__name__,

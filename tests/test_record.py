@@ -53,7 +53,7 @@ def test_dims_coords_attrs(problem, euler_record):
     model = json.loads(ds.attrs["model"])
     assert model["class"] == "LayeredNetwork" and model["sizes"] == [5, 4, 3, 2]
     assert model["parameters"]["Wf_0"] == [4, 5]
-    assert json.loads(ds.attrs["solver"]) == {"kind": "euler", "dt": 0.5, "clip": True}
+    assert json.loads(ds.attrs["solver"]) == {"kind": "euler", "dt": 0.5, "clip": True, "precondition": False}
     assert ctgep.record_settings(ds)["sampling"] == {"kind": "steps", "every": 3}
     # nudged-only quantities are NaN in the free phase; the error starts at zero
     assert np.all(np.isnan(ds.error.sel(phase="free")))
@@ -99,6 +99,18 @@ def test_final_states_match_phases(problem, euler_record, solver):
         np.testing.assert_allclose(last, _flat(res.state), rtol=0, atol=1e-6)
     err = ds.error.sel(phase="nudged").dropna("time", how="all").isel(time=-1)
     np.testing.assert_allclose(err, (_flat(nudged.state) - _flat(free.state)) / BETA, rtol=1e-5, atol=1e-5)
+
+
+def test_preconditioned_euler_record_matches_phases(problem):
+    """The recorder steps as the phases do, with each unit's preconditioned step."""
+    net, x, y = problem
+    solver = ctgep.Euler(dt=1.0, precondition=True)
+    ds = ctgep.record(net, x, y, beta=BETA, solver=solver, t_free=T, t_nudged=T, sampling="steps")
+    free = ctgep.free_phase(net, x, solver=solver, t_max=T)
+    nudged = ctgep.nudged_phase(net, x, y, free, beta=BETA, solver=solver, t_max=T)
+    np.testing.assert_allclose(ds.final_state.sel(phase="nudged"), _flat(nudged.state), rtol=0, atol=1e-6)
+    assert int(ds.steps.sel(phase="nudged")) == int(nudged.steps[0])
+    assert ctgep.record_settings(ds)["solver"]["precondition"] is True
 
 
 def test_running_increment_matches_integrated_rule(problem, euler_record):
@@ -214,3 +226,5 @@ def test_cli_record(tmp_path, capsys):
     assert main(argv[:-2] + ["--layers", "7", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ctgep record: error: layers: unknown layer index 7") and "\n" not in err
+    assert main(["record", "--sizes", "64,6,5,10", "--precondition", "--out", str(tmp_path / "r2")]) == 2
+    assert "--precondition scales the Euler step" in capsys.readouterr().err

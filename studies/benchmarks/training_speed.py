@@ -13,8 +13,7 @@ relaxation, in one process:
     number of steps needed to reach it falls once the weights move slowly;
   * ``warm-fixed`` — warm starts with exactly 60 + 20 steps, the card's training setting;
   * ``jacobi`` — warm starts and the preconditioned Euler step at dt 1 (`phases.precondition`,
-    the nonlinear Jacobi iteration: the same fixed point), exactly 30 free + 10 nudged steps;
-    ``jacobi-25`` the same with 25 free steps.
+    the nonlinear Jacobi iteration: the same fixed point), exactly 30 free + 10 nudged steps.
 
 For each it reports the training time per example (timed over the last epoch) and the mean
 number of vector-field evaluations per minibatch, then times *the same matrix products alone*
@@ -55,8 +54,6 @@ SETTINGS = {
     "warm-fixed": ["phases.stop_at_steady_state=false", "phases.warm_start=true"],
     "jacobi": ["phases.stop_at_steady_state=false", "phases.warm_start=true", "phases.dt=1.0",
                "phases.precondition=true", "phases.t_free=30", "phases.t_nudged=10"],
-    "jacobi-25": ["phases.stop_at_steady_state=false", "phases.warm_start=true", "phases.dt=1.0",
-                  "phases.precondition=true", "phases.t_free=25", "phases.t_nudged=10"],
 }
 
 
