@@ -66,6 +66,10 @@ COLD = OLD + ["phases.warm_start=false"]
      "784-512-512-512-10_endpoint"),
     ("mnist_784-512-512-512-10_centered.toml", [], "784-512-512-512-10_centered"),
     ("mnist_784-512-512-10.toml", ["phases.dt=1.0", "phases.precondition=true"], "784-512-512-10_jacobi"),
+    ("mnist_784-512-512-512-10.toml", ["phases.warm_start=true", "phases.stop_at_steady_state=false",
+                                       "training.epochs=35", "training.checkpoint_every=0",
+                                       "phases.dt=1.0", "phases.precondition=true"],
+     "784-512-512-512-10_jacobi"),
 ])
 def test_committed_mnist_runs_were_made_by_the_committed_cards(card, overrides, run):
     """`ctgep train models/<card> [--set …]`, as the README writes it, reproduces the run's settings."""
