@@ -32,10 +32,9 @@ class Euler(AbstractPhaseSolver, strict=True):
     With `precondition=True` each unit's step is `ε / max(1, 1 + β ∂²C/∂s_i²)`: divided by its
     own leak rate under a positive nudge (1 + β on the outputs of the squared-error cost, 1
     elsewhere). Any positive per-unit step leaves the fixed point, and so what EP learns from,
-    unchanged; with
-    `dt=1` this is the nonlinear Jacobi iteration (each unit jumps to where its own `μ` is 0
-    given the others), which settles in about half the steps of `dt=0.5`, whereas plain Euler
-    at `dt=1` makes the nudged outputs oscillate (factor `1 − (1 + β)ε = −1` at β = 1).
+    unchanged; with `dt=1` this is the nonlinear Jacobi iteration (each unit jumps to where its
+    own `μ` is 0 given the others), which settles in about half the steps of `dt=0.5`, whereas
+    plain Euler at `dt=1` makes the nudged outputs oscillate (factor `1 − (1 + β)ε = −1` at β = 1).
     """
 
     dt: float = 0.5
