@@ -61,6 +61,8 @@ def register(subparsers) -> None:
     p.add_argument("--dt", type=float, default=None, help="Euler step (default: the card's, else 0.5)")
     p.add_argument("--precondition", action="store_true",
                    help="Euler: divide each unit's step by its nudged leak 1 + β (default: the card's)")
+    p.add_argument("--alternate", action="store_true",
+                   help="Euler: update the odd layers, then the even ones, in each step (default: the card's)")
     p.add_argument("--t-free", type=float, default=50.0, help="free-phase horizon (default 50)")
     p.add_argument("--t-nudged", type=float, default=50.0, help="nudged-phase horizon (default 50)")
     p.add_argument("--tol", type=float, default=1e-4, help="steady-state tolerance on ‖μ‖∞ (default 1e-4)")
@@ -168,10 +170,13 @@ def _run(args) -> int:
     if solver_name == "euler":
         dt = args.dt if args.dt is not None else (phases.dt if phases is not None else 0.5)
         pre = args.precondition or (phases is not None and phases.precondition)
-        solver = Euler(dt=float(dt), precondition=bool(pre))
+        alt = args.alternate or (phases is not None and phases.alternate)
+        solver = Euler(dt=float(dt), precondition=bool(pre), alternate=bool(alt))
     else:
         if args.precondition:
             raise ValueError("--precondition scales the Euler step; add --solver euler")
+        if args.alternate:
+            raise ValueError("--alternate orders the Euler step's layer updates; add --solver euler")
         solver = get_solver(solver_name)
     beta = args.beta if args.beta is not None else (card.learning.beta if card is not None else 0.5)
     if args.every is not None:

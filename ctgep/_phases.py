@@ -166,6 +166,37 @@ def _unit_steps(net, s, y, beta, solver: Euler):
     return tuple(out)
 
 
+def _layer_groups(n_layers: int, solver: Euler) -> tuple[tuple[int, ...], ...]:
+    """The layers each Euler step updates in turn: all at once, or (alternating) the odd layers
+    1, 3, … (counted from the input, so indices 0, 2, … of the state) and then the even ones."""
+    if not solver.alternate or n_layers < 2:
+        return (tuple(range(n_layers)),)
+    return tuple(range(0, n_layers, 2)), tuple(range(1, n_layers, 2))
+
+
+def _euler_sweep(field, s, mu, steps, groups, hold=None):
+    """One Euler step from `s`, where `mu = field(s)` is the projected field.
+
+    Each group of layers moves by `step · μ` in turn, μ re-evaluated on the state the previous
+    group left (for the layered net a group's μ needs only the other group's rates, so an
+    alternating step costs the products of one synchronous step). `hold` (a traced bool)
+    freezes the state. Returns the new state and the increments `[(from_state, ds)]`, whose
+    synapse terms the integrated rules add up.
+    """
+    moves = []
+    for i, group in enumerate(groups):
+        if i > 0:
+            mu = field(s)
+        ds = tuple(
+            h * m if l in group else jnp.zeros_like(m) for l, (h, m) in enumerate(zip(steps, mu))
+        )
+        if hold is not None:
+            ds = tuple(jnp.where(hold, 0.0, d) for d in ds)
+        moves.append((s, ds))
+        s = tuple(a + d if l in group else a for l, (a, d) in enumerate(zip(s, ds)))
+    return s, moves
+
+
 def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synapses, eta):
     params, static = _split(net)
     drive = net.drive(x)
@@ -173,6 +204,7 @@ def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synap
     dt = solver.dt
     n_steps = max(int(math.ceil(t_max / dt - 1e-9)), 0)
     steps = _unit_steps(net, s_init, y, beta, solver)
+    groups = _layer_groups(len(s_init), solver)
 
     def projected(p, s):
         current = eqx.combine(p, static)
@@ -185,19 +217,19 @@ def _relax_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, synap
     # the phase ends on the first settled state, as an explicit test before each step would.
     def body(carry):
         k, s, res, done, acc, p = carry
-        mu = projected(p, s)
+        field = lambda u: projected(p, u)
+        mu = field(s)
         if stop:
             res = _residual(mu)
             done = jnp.max(res) < tol
-            mu = jax.tree_util.tree_map(lambda m: jnp.where(done, 0.0, m), mu)
-        ds = jax.tree_util.tree_map(jnp.multiply, steps, mu)
+        s_new, moves = _euler_sweep(field, s, mu, steps, groups, done if stop else None)
         if synapses != "none":
-            g = _synapse_rate(p, static, s, x, ds)
-            acc = jax.tree_util.tree_map(jnp.add, acc, g)
-            if synapses == "continual":
-                p = jax.tree_util.tree_map(lambda a, b: a + eta / beta * b, p, g)
-        s = jax.tree_util.tree_map(jnp.add, s, ds)
-        return k + (~done).astype(k.dtype), s, res, done, acc, p
+            for u, ds in moves:
+                g = _synapse_rate(p, static, u, x, ds)
+                acc = jax.tree_util.tree_map(jnp.add, acc, g)
+                if synapses == "continual":
+                    p = jax.tree_util.tree_map(lambda a, b: a + eta / beta * b, p, g)
+        return k + (~done).astype(k.dtype), s_new, res, done, acc, p
 
     res0 = jnp.full_like(_residual(s_init), jnp.inf)
     acc0 = jax.tree_util.tree_map(jnp.zeros_like, params) if synapses != "none" else None

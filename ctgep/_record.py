@@ -34,7 +34,9 @@ from ._phases import (
     _check_common,
     _check_state,
     _diffrax_solve,
+    _euler_sweep,
     _final_residual,
+    _layer_groups,
     _mu_beta,
     _project,
     _residual,
@@ -206,6 +208,7 @@ def _run_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, nudged,
     dt = solver.dt
     n_steps = max(int(math.ceil(t_max / dt - 1e-9)), 0)
     steps = _unit_steps(net, s_init, y, beta, solver)
+    groups = _layer_groups(len(s_init), solver)
     monitor = _monitor(spec, nudged, beta, s_init, widths)
 
     def projected(s):
@@ -251,10 +254,10 @@ def _run_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, nudged,
 
     def body(carry):
         k, s, mu, acc, j, bufs, tbuf = carry
-        ds = jax.tree_util.tree_map(jnp.multiply, steps, mu)
+        s, moves = _euler_sweep(projected, s, mu, steps, groups)
         if nudged:
-            acc = jax.tree_util.tree_map(jnp.add, acc, _synapse_rate(params, static, s, x, ds))
-        s = jax.tree_util.tree_map(jnp.add, s, ds)
+            for u, ds in moves:
+                acc = jax.tree_util.tree_map(jnp.add, acc, _synapse_rate(params, static, u, x, ds))
         mu = projected(s)
         bufs, tbuf, j = maybe_write(k + 1, s, mu, acc, j, bufs, tbuf)
         return k + 1, s, mu, acc, j, bufs, tbuf
@@ -329,7 +332,8 @@ def _record_phase(net, x, y, s_init, beta, solver, t_max, tol, stop, nudged, spe
 
 def _solver_settings(solver) -> dict:
     if isinstance(solver, Euler):
-        return {"kind": "euler", "dt": solver.dt, "clip": solver.clip, "precondition": solver.precondition}
+        return {"kind": "euler", "dt": solver.dt, "clip": solver.clip,
+                "precondition": solver.precondition, "alternate": solver.alternate}
     return {
         "kind": "adaptive",
         "solver": type(solver.solver).__name__,

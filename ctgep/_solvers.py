@@ -35,11 +35,19 @@ class Euler(AbstractPhaseSolver, strict=True):
     unchanged; with `dt=1` this is the nonlinear Jacobi iteration (each unit jumps to where its
     own `μ` is 0 given the others), which settles in about half the steps of `dt=0.5`, whereas
     plain Euler at `dt=1` makes the nudged outputs oscillate (factor `1 − (1 + β)ε = −1` at β = 1).
+
+    With `alternate=True` each step updates the odd layers (1, 3, … from the input) and then
+    the even ones from the odd layers' new state, instead of all layers from the old state
+    (red–black ordering). The fixed points are the same; in a layered network a layer's μ
+    depends only on its neighbours, so a step costs the same products, and information crosses
+    two layers per step instead of one. With `precondition=True, dt=1` this is block
+    Gauss–Seidel: each layer jumps to its own fixed point given its neighbours.
     """
 
     dt: float = 0.5
     clip: bool = True
     precondition: bool = False
+    alternate: bool = False
 
 
 SOLVERS = {

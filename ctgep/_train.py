@@ -96,7 +96,7 @@ def initial_network(card: Card) -> LayeredNetwork:
 def build_solver(card: Card):
     p = card.phases
     if p.solver == "euler":
-        return Euler(dt=float(p.dt), precondition=bool(p.precondition))
+        return Euler(dt=float(p.dt), precondition=bool(p.precondition), alternate=bool(p.alternate))
     return get_solver(p.solver)
 
 

@@ -136,6 +136,13 @@ def test_preconditioning_needs_the_euler_solver():
         load_card("digits", overrides=["phases.precondition=true", "phases.solver=tsit5"])
 
 
+def test_alternating_layers_needs_the_euler_solver():
+    card = load_card("digits", overrides=["phases.alternate=true", "phases.precondition=true", "phases.dt=1"])
+    assert build_solver(card) == ctgep.Euler(dt=1.0, precondition=True, alternate=True)
+    with pytest.raises(CardError, match="phases.alternate"):
+        load_card("digits", overrides=["phases.alternate=true", "phases.solver=dopri5"])
+
+
 def test_missing_malformed_and_unknown_key_cards(tmp_path):
     with pytest.raises(CardError, match="not found"):
         load_card(tmp_path / "nope.toml")

@@ -53,7 +53,8 @@ def test_dims_coords_attrs(problem, euler_record):
     model = json.loads(ds.attrs["model"])
     assert model["class"] == "LayeredNetwork" and model["sizes"] == [5, 4, 3, 2]
     assert model["parameters"]["Wf_0"] == [4, 5]
-    assert json.loads(ds.attrs["solver"]) == {"kind": "euler", "dt": 0.5, "clip": True, "precondition": False}
+    assert json.loads(ds.attrs["solver"]) == {"kind": "euler", "dt": 0.5, "clip": True, "precondition": False,
+                                             "alternate": False}
     assert ctgep.record_settings(ds)["sampling"] == {"kind": "steps", "every": 3}
     # nudged-only quantities are NaN in the free phase; the error starts at zero
     assert np.all(np.isnan(ds.error.sel(phase="free")))
@@ -111,6 +112,24 @@ def test_preconditioned_euler_record_matches_phases(problem):
     np.testing.assert_allclose(ds.final_state.sel(phase="nudged"), _flat(nudged.state), rtol=0, atol=1e-6)
     assert int(ds.steps.sel(phase="nudged")) == int(nudged.steps[0])
     assert ctgep.record_settings(ds)["solver"]["precondition"] is True
+
+
+def test_alternating_euler_record_matches_phases_and_integrated_rule(problem):
+    """With the layers updated in turn, the recorder takes the phases' steps, and its running
+    increment adds up each half-step's synapse terms exactly as the integrated rule does."""
+    net, x, y = problem
+    solver = ctgep.Euler(dt=1.0, precondition=True, alternate=True)
+    ds = ctgep.record(net, x, y, beta=BETA, solver=solver, t_free=T, t_nudged=T, sampling="steps",
+                      increments="all")
+    free = ctgep.free_phase(net, x, solver=solver, t_max=T)
+    nudged = ctgep.nudged_phase(net, x, y, free, beta=BETA, solver=solver, t_max=T)
+    np.testing.assert_allclose(ds.final_state.sel(phase="nudged"), _flat(nudged.state), rtol=0, atol=1e-6)
+    assert int(ds.steps.sel(phase="nudged")) == int(nudged.steps[0])
+    assert ctgep.record_settings(ds)["solver"]["alternate"] is True
+    update = ctgep.ep_update(net, x, y, beta=BETA, rule="integrated", solver=solver, t_free=T, t_nudged=T)
+    for name, u in zip(ds.param.values, jax.tree_util.tree_leaves(update)):
+        inc = ds[f"increment_{name}"].sel(phase="nudged").dropna("time", how="all").isel(time=-1)
+        np.testing.assert_allclose(inc, np.asarray(u), rtol=1e-5, atol=1e-6)
 
 
 def test_running_increment_matches_integrated_rule(problem, euler_record):
@@ -228,3 +247,5 @@ def test_cli_record(tmp_path, capsys):
     assert err.startswith("ctgep record: error: layers: unknown layer index 7") and "\n" not in err
     assert main(["record", "--sizes", "64,6,5,10", "--precondition", "--out", str(tmp_path / "r2")]) == 2
     assert "--precondition scales the Euler step" in capsys.readouterr().err
+    assert main(["record", "--sizes", "64,6,5,10", "--alternate", "--out", str(tmp_path / "r3")]) == 2
+    assert "--alternate orders the Euler step's layer updates" in capsys.readouterr().err

@@ -54,6 +54,9 @@ SETTINGS = {
     "warm-fixed": ["phases.stop_at_steady_state=false", "phases.warm_start=true"],
     "jacobi": ["phases.stop_at_steady_state=false", "phases.warm_start=true", "phases.dt=1.0",
                "phases.precondition=true", "phases.t_free=30", "phases.t_nudged=10"],
+    "gauss-seidel": ["phases.stop_at_steady_state=false", "phases.warm_start=true", "phases.dt=1.0",
+                     "phases.precondition=true", "phases.alternate=true", "phases.t_free=15",
+                     "phases.t_nudged=5"],
 }
 
 
