@@ -13,7 +13,10 @@ relaxation, in one process:
     number of steps needed to reach it falls once the weights move slowly;
   * ``warm-fixed`` — warm starts with exactly 60 + 20 steps, the card's training setting;
   * ``jacobi`` — warm starts and the preconditioned Euler step at dt 1 (`phases.precondition`,
-    the nonlinear Jacobi iteration: the same fixed point), exactly 30 free + 10 nudged steps.
+    the nonlinear Jacobi iteration: the same fixed point), exactly 30 free + 10 nudged steps;
+  * ``gauss-seidel`` — ``jacobi`` with the layers updated in turn (`phases.alternate`: the odd
+    layers, then the even ones from their new state; block Gauss–Seidel, the same fixed point),
+    exactly 15 free + 5 nudged steps, each costing the products of one synchronous step.
 
 For each it reports the training time per example (timed over the last epoch) and the mean
 number of vector-field evaluations per minibatch, then times *the same matrix products alone*
@@ -99,7 +102,7 @@ def main():
     print(f"# ctgep training-speed benchmark — {time.strftime('%Y-%m-%d')} — "
           f"{platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
           f"device(s), jax {jax.__version__}, float32")
-    print(f"# {CARD.name} (Euler dt 0.5, ≤ 60 free + ≤ 20 nudged steps, tol 1e-4; jacobi: dt 1, see --help); "
+    print(f"# {CARD.name} (Euler dt 0.5, ≤ 60 free + ≤ 20 nudged steps, tol 1e-4; jacobi, gauss-seidel: dt 1, see --help); "
           f"{args.examples} MNIST examples × {args.epochs} epochs per setting; "
           f"start: {args.start or 'Glorot initialisation'}\n")
     print("| setting | batch | ms / example | examples / s | evaluations / batch (free + nudged) "
