@@ -39,8 +39,9 @@ class Euler(AbstractPhaseSolver, strict=True):
     With `alternate=True` each step updates the odd layers (1, 3, … from the input) and then
     the even ones from the odd layers' new state, instead of all layers from the old state
     (red–black ordering). The fixed points are the same; in a layered network a layer's μ
-    depends only on its neighbours, so a step costs the same products, and information crosses
-    two layers per step instead of one. With `precondition=True, dt=1` this is block
+    depends only on its neighbours, so a step costs the same products (with a steady-state stop,
+    half a step more for the test of every layer's μ), and information crosses two layers per
+    step instead of one. With `precondition=True, dt=1` this is block
     Gauss–Seidel: each layer jumps to its own fixed point given its neighbours.
     """
 
