@@ -44,6 +44,8 @@ def test_paper_cards_follow_appendix_c():
 OLD = ["training.checkpoint_every=1000"]
 WARM40 = OLD + ["training.epochs=40"]
 COLD = OLD + ["phases.warm_start=false"]
+GAUSS_SEIDEL = ["phases.dt=1.0", "phases.precondition=true", "phases.alternate=true", "phases.t_free=15",
+                "phases.t_nudged=5"]
 
 
 @pytest.mark.parametrize("card, overrides, run", [
@@ -70,6 +72,8 @@ COLD = OLD + ["phases.warm_start=false"]
                                        "training.epochs=35", "training.checkpoint_every=0",
                                        "phases.dt=1.0", "phases.precondition=true"],
      "784-512-512-512-10_jacobi"),
+    ("mnist_784-512-512-10.toml", GAUSS_SEIDEL, "784-512-512-10_gauss_seidel"),
+    ("mnist_784-512-512-10.toml", GAUSS_SEIDEL + ["training.seed=1"], "784-512-512-10_gauss_seidel_seed1"),
 ])
 def test_committed_mnist_runs_were_made_by_the_committed_cards(card, overrides, run):
     """`ctgep train models/<card> [--set …]`, as the README writes it, reproduces the run's settings."""
