@@ -14,6 +14,14 @@ import ctgep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUNS = sorted(p.parent.name for p in (ROOT / "studies" / "mnist").glob("*/summary.json"))
+# Runs that later ones superseded (the README keeps their rows): their checks run with `-m slow`,
+# which keeps the default suite within its time on 2 cores.
+SUPERSEDED = {
+    "784-512-512-10_endpoint", "784-512-512-10_endpoint_long", "784-512-512-10_endpoint_tuned",
+    "784-512-512-10_endpoint_warm", "784-512-512-10_endpoint_warm_seed1",
+    "784-512-512-10_endpoint_warm80_seed1", "784-512-512-512-10_endpoint",
+    "784-512-512-512-10_endpoint_tuned", "784-512-512-512-10_jacobi",
+}
 
 
 def _mnist_dir():
@@ -28,7 +36,7 @@ def _mnist_dir():
 
 
 @pytest.mark.skipif(_mnist_dir() is None, reason="MNIST not found through $CTGEP_DATA_DIR")
-@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("run", [pytest.param(r, marks=pytest.mark.slow) if r in SUPERSEDED else r for r in RUNS])
 def test_committed_mnist_checkpoint_reproduces_its_test_error(run):
     run_dir = ROOT / "studies" / "mnist" / run
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -42,6 +50,7 @@ def test_committed_mnist_checkpoint_reproduces_its_test_error(run):
 
 def test_the_reported_runs_are_committed():
     assert {"784-512-512-10_endpoint", "784-512-512-512-10_endpoint"} <= set(RUNS)
+    assert SUPERSEDED <= set(RUNS)  # a renamed run must not silently drop out of the checks
 
 
 @pytest.mark.skipif(_mnist_dir() is None, reason="MNIST not found through $CTGEP_DATA_DIR")
