@@ -264,13 +264,10 @@ def validate(card: Card) -> None:
         raise CardError(f"phases.solver={p.solver!r} is unknown; choose one of {sorted(SOLVERS)}")
     for key in ("dt", "t_free", "t_nudged", "tol"):
         _positive(getattr(p, key), f"phases.{key}")
-    if p.precondition and p.solver != "euler":
-        raise CardError(f"phases.precondition scales the Euler step; phases.solver={p.solver!r} "
-                        "adapts its own step: use solver = 'euler' or precondition = false")
-    if p.alternate and p.solver != "euler":
-        raise CardError(f"phases.alternate orders the Euler step's layer updates; "
-                        f"phases.solver={p.solver!r} integrates the ODE: use solver = 'euler' or "
-                        "alternate = false")
+    for key, what in (("precondition", "scales the Euler step"), ("alternate", "orders the Euler step's layer updates")):
+        if getattr(p, key) and p.solver != "euler":
+            raise CardError(f"phases.{key} {what}; phases.solver={p.solver!r} adapts its own step: "
+                            f"use solver = 'euler' or {key} = false")
     _positive(l.beta, "learning.beta")
     if l.rule not in RULES:
         raise CardError(f"learning.rule={l.rule!r} must be one of {list(RULES)}")

@@ -173,10 +173,9 @@ def _run(args) -> int:
         alt = args.alternate or (phases is not None and phases.alternate)
         solver = Euler(dt=float(dt), precondition=bool(pre), alternate=bool(alt))
     else:
-        if args.precondition:
-            raise ValueError("--precondition scales the Euler step; add --solver euler")
-        if args.alternate:
-            raise ValueError("--alternate orders the Euler step's layer updates; add --solver euler")
+        for flag, what in (("precondition", "scales the Euler step"), ("alternate", "orders the Euler step's layer updates")):
+            if getattr(args, flag):
+                raise ValueError(f"--{flag} {what}; add --solver euler")
         solver = get_solver(solver_name)
     beta = args.beta if args.beta is not None else (card.learning.beta if card is not None else 0.5)
     if args.every is not None:
