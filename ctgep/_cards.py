@@ -107,6 +107,9 @@ class DataSection:
     verify: bool = True
     max_train: int = 0  # use only the first N training examples (0: all), for smoke runs
     max_test: int = 0  # likewise for the test set
+    # Augmentation (the paper uses none): translate each training image by a random whole number
+    # of pixels, at most `shift` each way, afresh at every step. Evaluation sees plain images.
+    shift: int = 0
 
 
 SECTIONS = {
@@ -311,6 +314,10 @@ def validate(card: Card) -> None:
         raise CardError("data.max_train and data.max_test must be ≥ 0 (0: all examples)")
     if not 0 <= d.validation < 1:
         raise CardError(f"data.validation={d.validation!r} must be a fraction in [0, 1)")
+    side = {"digits": 8}.get(ds, 28)
+    if not 0 <= d.shift < side // 2:
+        raise CardError(f"data.shift={d.shift!r} must be a whole number of pixels in [0, {side // 2}) "
+                        f"for the {side}×{side} images of {ds!r} (0: no augmentation)")
 
 
 def builtin_cards() -> list[str]:

@@ -50,6 +50,7 @@ import numpy as np
 import optax
 
 from ._analysis import alignment
+from ._augment import shift_images
 from ._cards import Card, CardError, load_card
 from ._data import Dataset, load_dataset
 from ._dynamics import LayeredNetwork
@@ -170,13 +171,16 @@ def _make_steps(card: Card, optimizer, cache_key=None):
     common = dict(solver=solver, tol=float(p.tol), stop_at_steady_state=bool(p.stop_at_steady_state))
     n_out = card.model.sizes[-1]
     bs = card.training.batch_size
+    shift = int(card.data.shift)
 
     def train_step(net, opt_state, accum, x_all, y_all, perm, batch, step, key, beta, s_rows=None):
         idx = jax.lax.dynamic_slice_in_dim(perm, batch * bs, bs)
         x, labels = x_all[idx], y_all[idx]
+        step_key = jr.fold_in(key, step)
+        x = shift_images(jr.fold_in(step_key, 1), x, shift)
         y = jax.nn.one_hot(labels, n_out, dtype=x.dtype)
         s_init = None if s_rows is None else _unflatten_state(s_rows, card.model.sizes)
-        r = ep_step(net, x, y, beta=beta, rule=l.rule, nudging=l.nudging, key=jr.fold_in(key, step),
+        r = ep_step(net, x, y, beta=beta, rule=l.rule, nudging=l.nudging, key=step_key,
                     t_free=float(p.t_free), t_nudged=float(p.t_nudged), s_init=s_init,
                     eta=float(l.eta) if l.rule == "continual" else None, policy="flag", **common)
         free_rows = None if s_rows is None else jnp.concatenate(r.free.state, axis=-1)
@@ -473,7 +477,7 @@ class _Trainer:
         self.n_batches = len(data.y_train) // t.batch_size
         self.optimizer = build_optimizer(card, self.n_batches)
         key = json.dumps([dataclasses.asdict(card.model), dataclasses.asdict(card.phases),
-                          dataclasses.asdict(card.learning), t.batch_size, self.n_batches,
+                          dataclasses.asdict(card.learning), t.batch_size, card.data.shift, self.n_batches,
                           t.epochs if card.learning.schedule != "constant" else None])
         self.train_step, self.eval_step = _make_steps(card, self.optimizer, key)
         self.x = jnp.asarray(data.x_train, jnp.float32)

@@ -183,3 +183,32 @@ def test_real_mnist_when_available():
         raise
     assert d.x_train.shape == (60000, 784) and d.x_test.shape == (10000, 784)
     assert ctgep.load_dataset is load_dataset
+
+
+def test_shifted_images_are_translations_with_blank_fill():
+    """`data.shift` augmentation: each image moves by a whole offset in [−k, k]², every offset
+    occurs, what enters from outside is background, and k = 0 leaves the images alone."""
+    import jax.random as jr
+
+    from ctgep._augment import shift_images
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.1, 1.0, (3000, 64)).astype(np.float32)  # no zero pixel: offsets are unique
+    out = np.asarray(shift_images(jr.key(0), x, 2)).reshape(-1, 8, 8)
+    imgs = x.reshape(-1, 8, 8)
+    seen = set()
+    for img, moved in zip(imgs, out):
+        matches = []
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                ref = np.zeros_like(img)
+                ref[max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)] = \
+                    img[max(-dy, 0):8 + min(-dy, 0), max(-dx, 0):8 + min(-dx, 0)]
+                if np.array_equal(moved, ref):
+                    matches.append((dy, dx))
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) == 25
+    assert np.array_equal(np.asarray(shift_images(jr.key(0), x, 0)), x)
+    with pytest.raises(ValueError, match="not a square image"):
+        shift_images(jr.key(0), x[:, :63], 1)

@@ -305,3 +305,19 @@ def test_a_healthy_run_has_no_silent_output_unit(tmp_path):
     run = ctgep.train("digits", tmp_path / "ok", overrides=["training.epochs=1"], progress=False, log=lines.append)
     assert list(run.metrics.silent_outputs.values) == [0]
     assert not any(line.startswith("warning") for line in lines)
+
+
+def test_shift_augmentation_trains_on_moved_images_and_evaluates_on_plain_ones(tmp_path):
+    """`data.shift` draws fresh offsets at every step from the step's key: the run differs from
+    a plain one, repeats exactly, and its reported test error is that of the plain test images."""
+    quiet = dict(progress=False, log=lambda *a: None)
+    over = ["training.epochs=1", "data.max_train=200", "data.max_test=100", "training.progress_every=1000"]
+    runs = {s: ctgep.train("digits", tmp_path / f"shift{s}", overrides=over + [f"data.shift={s}"], **quiet)
+            for s in (0, 1)}
+    again = ctgep.train("digits", tmp_path / "again", overrides=over + ["data.shift=1"], **quiet)
+    cost = lambda r: r.metrics.train_cost.values[-1]
+    assert cost(runs[1]) != cost(runs[0])
+    assert cost(again) == cost(runs[1])
+    assert "shift = 1" in (tmp_path / "shift1" / "card.toml").read_text()
+    ev = ctgep.evaluate(tmp_path / "shift1", which="latest")
+    assert ev["error"] == pytest.approx(runs[1].metrics.test_error.values[-1])
