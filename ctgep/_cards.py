@@ -110,6 +110,8 @@ class DataSection:
     # Augmentation (the paper uses none): translate each training image by a random whole number
     # of pixels, at most `shift` each way, afresh at every step. Evaluation sees plain images.
     shift: int = 0
+    # Shift only in the first N epochs (0: in every epoch); the last ones then fit the plain images.
+    shift_epochs: int = 0
 
 
 SECTIONS = {
@@ -318,6 +320,9 @@ def validate(card: Card) -> None:
     if not 0 <= d.shift < side // 2:
         raise CardError(f"data.shift={d.shift!r} must be a whole number of pixels in [0, {side // 2}) "
                         f"for the {side}×{side} images of {ds!r} (0: no augmentation)")
+    if d.shift_epochs < 0 or (d.shift_epochs and not d.shift):
+        raise CardError(f"data.shift_epochs={d.shift_epochs!r} must be ≥ 0 (0: every epoch), and needs "
+                        "data.shift > 0")
 
 
 def builtin_cards() -> list[str]:

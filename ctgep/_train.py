@@ -173,11 +173,13 @@ def _make_steps(card: Card, optimizer, cache_key=None):
     bs = card.training.batch_size
     shift = int(card.data.shift)
 
-    def train_step(net, opt_state, accum, x_all, y_all, perm, batch, step, key, beta, s_rows=None):
+    def train_step(net, opt_state, accum, x_all, y_all, perm, batch, step, key, beta, s_rows=None,
+                   augment=True):
         idx = jax.lax.dynamic_slice_in_dim(perm, batch * bs, bs)
         x, labels = x_all[idx], y_all[idx]
         step_key = jr.fold_in(key, step)
-        x = shift_images(jr.fold_in(step_key, 1), x, shift)
+        if shift:  # `augment` (traced) turns the shift off in the last epochs without a recompile
+            x = jnp.where(augment, shift_images(jr.fold_in(step_key, 1), x, shift), x)
         y = jax.nn.one_hot(labels, n_out, dtype=x.dtype)
         s_init = None if s_rows is None else _unflatten_state(s_rows, card.model.sizes)
         r = ep_step(net, x, y, beta=beta, rule=l.rule, nudging=l.nudging, key=step_key,
@@ -541,6 +543,7 @@ class _Trainer:
             while epoch < t.epochs:
                 perm = self.perm(epoch)
                 order = np.asarray(perm) if particles is not None else None
+                augment = np.bool_(not self.card.data.shift_epochs or epoch < self.card.data.shift_epochs)
                 bar = tqdm(total=self.n_batches, initial=batch, desc=f"epoch {epoch + 1}",
                            unit="batch", leave=False, disable=not self.progress, dynamic_ncols=True)
                 t0, done0 = time.perf_counter() - elapsed, batch
@@ -552,7 +555,7 @@ class _Trainer:
                         rows = particles[idx]
                     net, opt_state, accum, free_rows = self.train_step(
                         net, opt_state, accum, self.x, self.y, perm, np.int32(batch),
-                        np.int32(step), self.step_key, self.beta, rows)
+                        np.int32(step), self.step_key, self.beta, rows, augment)
                     # The free states go back to the host-side store one step late, so that
                     # the next step is dispatched before this one is waited for. An epoch
                     # visits each example once, so no step reads a row still pending.

@@ -130,6 +130,8 @@ def test_bad_overrides_name_the_key(item, words):
     ("learning.beta=1", "learning.nudging"),  # the digits card nudges both ways: −β kills the leak
     ("data.shift=-1", "data.shift"),
     ("data.shift=4", "data.shift"),  # half the side of the 8×8 digits
+    ("data.shift_epochs=3", "data.shift_epochs"),  # without a shift
+    ("data.shift_epochs=-1", "data.shift_epochs"),
 ])
 def test_invalid_values_are_rejected(item, key):
     with pytest.raises(CardError, match=key.replace("[", r"\[").replace("]", r"\]")):

@@ -321,3 +321,42 @@ def test_shift_augmentation_trains_on_moved_images_and_evaluates_on_plain_ones(t
     assert "shift = 1" in (tmp_path / "shift1" / "card.toml").read_text()
     ev = ctgep.evaluate(tmp_path / "shift1", which="latest")
     assert ev["error"] == pytest.approx(runs[1].metrics.test_error.values[-1])
+
+
+def test_shift_epochs_train_the_last_epochs_on_plain_images():
+    """`data.shift_epochs = N` turns the shift off after N epochs without a recompile: the shifted
+    step with `augment` off is the plain step, to the bit."""
+    from ctgep._cards import load_card
+
+    cards = {s: load_card("digits", overrides=[f"data.shift={s}"] + (["data.shift_epochs=1"] if s else []))
+             for s in (0, 1)}
+    data = load_dataset("digits")
+    x, y = jnp.asarray(data.x_train[:40], jnp.float32), jnp.asarray(data.y_train[:40], jnp.int32)
+    perm = jnp.arange(40, dtype=jnp.int32)
+
+    def step(card, **kw):
+        optimizer = _train.build_optimizer(card, 2)
+        train_step = _train._make_steps(card, optimizer)[0]
+        net = _train.build_network(card, jr.key(0))
+        accum = _train._zero_accum(card.model.sizes[-1])
+        out = train_step(net, optimizer.init(_train._params(net)), accum, x, y, perm, np.int32(0),
+                         np.int32(3), jr.key(1), np.float32(card.learning.beta), **kw)
+        return jax.tree_util.tree_leaves(eqx.filter(out[0], eqx.is_array))
+
+    plain, shifted, off = step(cards[0]), step(cards[1]), step(cards[1], augment=np.bool_(False))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, off))
+    assert not all(np.array_equal(a, b) for a, b in zip(plain, shifted))
+
+
+def test_a_run_with_shift_epochs_switches_to_plain_images_after_them(tmp_path):
+    """The trainer turns `augment` off at the epoch boundary: epoch 1 matches a run shifted
+    throughout, epoch 2 does not."""
+    quiet = dict(progress=False, log=lambda *a: None)
+    over = ["training.epochs=2", "data.max_train=200", "data.max_test=100", "training.progress_every=1000",
+            "data.shift=1"]
+    always = ctgep.train("digits", tmp_path / "always", overrides=over, **quiet)
+    first = ctgep.train("digits", tmp_path / "first", overrides=over + ["data.shift_epochs=1"], **quiet)
+    cost = lambda r: list(r.metrics.train_cost.values)
+    assert cost(first)[0] == cost(always)[0]  # epoch 1 shifted in both
+    assert cost(first)[1] != cost(always)[1]  # epoch 2 plain in one
+    assert "shift_epochs = 1" in (tmp_path / "first" / "card.toml").read_text()
