@@ -79,6 +79,11 @@ GAUSS_SEIDEL = ["phases.dt=1.0", "phases.precondition=true", "phases.alternate=t
     ("mnist_784-512-512-10.toml", GAUSS_SEIDEL + ["phases.t_free=20", "phases.t_eval=60", "data.shift=1",
                                                   "training.epochs=100", "training.seed=1"],
      "784-512-512-10_gauss_seidel_shift1_seed1"),
+    ("mnist_784-512-512-512-10.toml", ["phases.warm_start=true", "phases.stop_at_steady_state=false",
+                                       "training.checkpoint_every=0", "phases.dt=1.0", "phases.precondition=true",
+                                       "phases.alternate=true", "phases.t_free=30", "phases.t_nudged=10",
+                                       "phases.t_eval=120", "data.shift=1", "training.epochs=50"],
+     "784-512-512-512-10_gauss_seidel_shift1"),
 ])
 def test_committed_mnist_runs_were_made_by_the_committed_cards(card, overrides, run):
     """`ctgep train models/<card> [--set …]`, as the README writes it, reproduces the run's settings."""
