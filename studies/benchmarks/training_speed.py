@@ -17,6 +17,8 @@ relaxation, in one process:
   * ``gauss-seidel`` — ``jacobi`` with the layers updated in turn (`phases.alternate`: the odd
     layers, then the even ones from their new state; block Gauss–Seidel, the same fixed point),
     exactly 15 free + 5 nudged steps, each costing the products of one synchronous step.
+  * ``gauss-seidel-shift`` — ``gauss-seidel`` with 20 free steps and each training image shifted
+    by up to one pixel (`data.shift=1`), the setting of the shifted-images runs.
 
 For each it reports the training time per example (timed over the last epoch) and the mean
 number of vector-field evaluations per minibatch, then times *the same matrix products alone*
@@ -61,6 +63,8 @@ SETTINGS = {
                      "phases.precondition=true", "phases.alternate=true", "phases.t_free=15",
                      "phases.t_nudged=5"],
 }
+# The setting of the shifted-images runs (`_gauss_seidel_shift1`): 20 free steps, images shifted.
+SETTINGS["gauss-seidel-shift"] = SETTINGS["gauss-seidel"] + ["phases.t_free=20", "data.shift=1"]
 
 
 def products_alone(net, batch, evals_per_batch, repeats=5):
