@@ -46,6 +46,8 @@ WARM40 = OLD + ["training.epochs=40"]
 COLD = OLD + ["phases.warm_start=false"]
 GAUSS_SEIDEL = ["phases.dt=1.0", "phases.precondition=true", "phases.alternate=true", "phases.t_free=15",
                 "phases.t_nudged=5"]
+# The shifted-images runs: 20 free steps, predictions after 60, images shifted, 100 epochs.
+SHIFTED = GAUSS_SEIDEL + ["phases.t_free=20", "phases.t_eval=60", "data.shift=1", "training.epochs=100"]
 
 
 @pytest.mark.parametrize("card, overrides, run", [
@@ -74,14 +76,9 @@ GAUSS_SEIDEL = ["phases.dt=1.0", "phases.precondition=true", "phases.alternate=t
      "784-512-512-512-10_jacobi"),
     ("mnist_784-512-512-10.toml", GAUSS_SEIDEL, "784-512-512-10_gauss_seidel"),
     ("mnist_784-512-512-10.toml", GAUSS_SEIDEL + ["training.seed=1"], "784-512-512-10_gauss_seidel_seed1"),
-    ("mnist_784-512-512-10.toml", GAUSS_SEIDEL + ["phases.t_free=20", "phases.t_eval=60", "data.shift=1",
-                                                  "training.epochs=100"], "784-512-512-10_gauss_seidel_shift1"),
-    ("mnist_784-512-512-10.toml", GAUSS_SEIDEL + ["phases.t_free=20", "phases.t_eval=60", "data.shift=1",
-                                                  "training.epochs=100", "training.seed=1"],
-     "784-512-512-10_gauss_seidel_shift1_seed1"),
-    ("mnist_784-512-512-10.toml", GAUSS_SEIDEL + ["phases.t_free=20", "phases.t_eval=60", "data.shift=1",
-                                                  "data.shift_epochs=70", "training.epochs=100"],
-     "784-512-512-10_gauss_seidel_shift1_plain30"),
+    ("mnist_784-512-512-10.toml", SHIFTED, "784-512-512-10_gauss_seidel_shift1"),
+    ("mnist_784-512-512-10.toml", SHIFTED + ["training.seed=1"], "784-512-512-10_gauss_seidel_shift1_seed1"),
+    ("mnist_784-512-512-10.toml", SHIFTED + ["data.shift_epochs=70"], "784-512-512-10_gauss_seidel_shift1_plain30"),
     ("mnist_784-512-512-512-10.toml", ["phases.warm_start=true", "phases.stop_at_steady_state=false",
                                        "training.checkpoint_every=0", "phases.dt=1.0", "phases.precondition=true",
                                        "phases.alternate=true", "phases.t_free=30", "phases.t_nudged=10",

@@ -326,9 +326,7 @@ def test_shift_augmentation_trains_on_moved_images_and_evaluates_on_plain_ones(t
 def test_shift_epochs_train_the_last_epochs_on_plain_images():
     """`data.shift_epochs = N` turns the shift off after N epochs without a recompile: the shifted
     step with `augment` off is the plain step, to the bit."""
-    from ctgep._cards import load_card
-
-    cards = {s: load_card("digits", overrides=[f"data.shift={s}"] + (["data.shift_epochs=1"] if s else []))
+    cards = {s: ctgep.load_card("digits", overrides=[f"data.shift={s}"] + (["data.shift_epochs=1"] if s else []))
              for s in (0, 1)}
     data = load_dataset("digits")
     x, y = jnp.asarray(data.x_train[:40], jnp.float32), jnp.asarray(data.y_train[:40], jnp.int32)
