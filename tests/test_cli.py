@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ctgep._cli import main
-from ctgep._data import FILES, write_idx
+from ctgep._experiment.data import FILES, write_idx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = ["--set", "model.sizes=[64, 16, 10]", "--set", "learning.learning_rates=[0.2, 0.05]",
@@ -137,7 +137,7 @@ def test_resume_and_evaluate_errors(tmp_path, capsys, run_dir):
 
 
 def test_console_exit_status_and_stderr():
-    r = subprocess.run([sys.executable, "-m", "ctgep._cli", "train", "--set", "nosuch.key=1"],
+    r = subprocess.run([sys.executable, "-m", "ctgep", "train", "--set", "nosuch.key=1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().startswith("ctgep: error:") and "Traceback" not in r.stderr

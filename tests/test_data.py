@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import ctgep
-from ctgep import _data
-from ctgep._data import DataError, FILES, load_dataset, read_idx, write_idx
+from ctgep._experiment import data as _data
+from ctgep._experiment.data import DataError, FILES, load_dataset, read_idx, write_idx
 
 
 @pytest.fixture(autouse=True)
@@ -190,7 +190,7 @@ def test_shifted_images_are_translations_with_blank_fill():
     occurs, what enters from outside is background, and k = 0 leaves the images alone."""
     import jax.random as jr
 
-    from ctgep._augment import shift_images
+    from ctgep._experiment.augment import shift_images
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0.1, 1.0, (3000, 64)).astype(np.float32)  # no zero pixel: offsets are unique

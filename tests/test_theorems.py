@@ -13,7 +13,7 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 import ctgep
-from ctgep import _checks
+from ctgep._theory import checks as _checks
 from ctgep import gradients as G
 
 from theory_problems import BPTT_STEPS, SIZES, SMOOTH, neg, problem, settled_fixed_point

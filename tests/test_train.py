@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import ctgep
-from ctgep import _train
-from ctgep._data import load_dataset
+from ctgep._experiment import train as _train
+from ctgep._experiment.data import load_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMING = {"wall_time", "examples_per_s"}
@@ -173,7 +173,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(small_data, tmp_pat
 
 
 def _cli(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "ctgep._cli", *map(str, args)], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "ctgep", *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 

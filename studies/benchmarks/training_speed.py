@@ -46,7 +46,7 @@ import jax.numpy as jnp
 
 import ctgep
 from _timing import best_time
-from ctgep import _train
+from ctgep._experiment import train as _train
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CARD = ROOT / "models" / "mnist_784-512-512-10.toml"

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import ctgep
-from ctgep._activations import get_activation
-from ctgep._train import build_solver, initial_network
+from ctgep._dynamics.activations import get_activation
+from ctgep._experiment.train import build_solver, initial_network
 
 
 def main():

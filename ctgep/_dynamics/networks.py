@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._activations import STATE_BOUNDS, get_activation
+from .._dynamics.activations import STATE_BOUNDS, get_activation
 
 State = tuple[Float[Array, "batch _"], ...]
 

@@ -14,10 +14,10 @@ import pathlib
 import tomllib
 import typing
 
-from ._activations import ACTIVATIONS
-from ._data import DATASETS, _ALIASES
-from ._rules import NUDGINGS, RULES
-from ._solvers import SOLVERS
+from .._dynamics.activations import ACTIVATIONS
+from .._experiment.data import DATASETS, _ALIASES
+from .._learning.rules import NUDGINGS, RULES
+from .._simulation.solvers import SOLVERS
 
 
 class CardError(ValueError):

@@ -11,15 +11,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Subcommands: each module exposes `register(subparsers)` that sets `func` on its parser.
-    from . import _cli_train
+    from . import train
 
-    _cli_train.register(sub)
-    from . import _cli_record
+    train.register(sub)
+    from . import record
 
-    _cli_record.register(sub)
-    from . import _cli_check
+    record.register(sub)
+    from . import check
 
-    _cli_check.register(sub)
+    check.register(sub)
     return parser
 
 

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from ._dynamics import AbstractDynamics
-from ._phases import (
+from .._dynamics.networks import AbstractDynamics
+from .._simulation.phases import (
     PhaseResult,
     _check_common,
     _check_state,
@@ -44,7 +44,7 @@ from ._phases import (
     _synapse_rate,
     _unit_steps,
 )
-from ._solvers import Adaptive, Euler
+from .._simulation.solvers import Adaptive, Euler
 
 PHASES = ("free", "nudged")
 DEFAULT_GRID_POINTS = 201

@@ -22,10 +22,10 @@ import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
-from . import gradients as G
-from ._dynamics import AbstractDynamics, LayeredNetwork
-from ._phases import free_phase
-from ._rules import ep_update
+from .._theory import gradients as G
+from .._dynamics.networks import AbstractDynamics, LayeredNetwork
+from .._simulation.phases import free_phase
+from .._learning.rules import ep_update
 
 BETAS = (0.1, 0.05, 0.02, 0.01, 0.005)
 HORIZONS = (2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0)

@@ -49,14 +49,14 @@ import jax.random as jr
 import numpy as np
 import optax
 
-from ._analysis import alignment
-from ._augment import shift_images
-from ._cards import Card, CardError, load_card
-from ._data import Dataset, load_dataset
-from ._dynamics import LayeredNetwork
-from ._phases import free_phase
-from ._rules import as_gradient, ep_step
-from ._solvers import Euler, get_solver
+from .._observation.alignment import alignment
+from .._experiment.augment import shift_images
+from .._experiment.cards import Card, CardError, load_card
+from .._experiment.data import Dataset, load_dataset
+from .._dynamics.networks import LayeredNetwork
+from .._simulation.phases import free_phase
+from .._learning.rules import as_gradient, ep_step
+from .._simulation.solvers import Euler, get_solver
 
 
 class TrainingError(RuntimeError):

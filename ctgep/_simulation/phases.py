@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
-from ._dynamics import AbstractDynamics, State
-from ._solvers import Adaptive, Euler, get_solver
+from .._dynamics.networks import AbstractDynamics, State
+from .._simulation.solvers import Adaptive, Euler, get_solver
 
 Policy = Literal["raise", "warn", "flag"]
 _POLICIES = ("raise", "warn", "flag")

@@ -10,7 +10,7 @@ matrix `Wb_l` (layer l+1 → l) is compared with the transpose of the feedforwar
 
 import numpy as np
 
-from ._dynamics import LayeredNetwork
+from .._dynamics.networks import LayeredNetwork
 
 
 def alignment(net: LayeredNetwork) -> dict[str, float]:

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from ._dynamics import AbstractDynamics, EnergyNetwork, LayeredNetwork
-from ._phases import PhaseResult, _concrete_float, _split, free_phase, nudged_phase
+from .._dynamics.networks import AbstractDynamics, EnergyNetwork, LayeredNetwork
+from .._simulation.phases import PhaseResult, _concrete_float, _split, free_phase, nudged_phase
 
 Rule = Literal["endpoint", "integrated", "continual"]
 Nudging = Literal["one-sided", "random", "centered"]

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from ._dynamics import AbstractDynamics
-from ._phases import PhaseResult, _split
+from .._dynamics.networks import AbstractDynamics
+from .._simulation.phases import PhaseResult, _split
 
 
 def _layer_sizes(net, x):
@@ -177,7 +177,7 @@ def rbp_adjoint(
 
     Equals BPTT of horizon `T` started at `s⁰`, and tends to `∂J/∂θ` (:func:`rbp`) as `T → ∞`.
     """
-    from .gradients import _check_horizon, _free
+    from .._theory.gradients import _check_horizon, _free
 
     T = _check_horizon(T)
     s = _free(net, x, s_free)
@@ -189,7 +189,7 @@ def rbp_adjoint(
 def _integrate(net, x, y, path, s_T, horizon, rtol, atol):
     """Integrate `(λ, ∂L/∂θ)` backward over `τ ∈ [0, horizon]`; `path` is an interpolation of
     the forward state (evaluated at `t_end − τ`) or a frozen state."""
-    from .gradients import _cost_grads
+    from .._theory.gradients import _cost_grads
 
     params, static = _split(net)
     dc_ds, dj_dtheta = _cost_grads(net, s_T, y)

@@ -35,8 +35,8 @@ def _network(args):
     import jax.random as jr
 
     if args.card is not None:
-        from ._cards import CardError, load_card
-        from ._train import build_network
+        from .._experiment.cards import CardError, load_card
+        from .._experiment.train import build_network
 
         try:
             card = load_card(args.card)
@@ -44,7 +44,7 @@ def _network(args):
             raise SystemExit(f"ctgep check: {e}")
         return build_network(card, jr.PRNGKey(args.seed)), f"card {args.card!r}"
     if args.checkpoint is not None:
-        from ._train import TrainingError, load_run
+        from .._experiment.train import TrainingError, load_run
 
         try:
             run = load_run(args.checkpoint, args.which)
@@ -57,7 +57,7 @@ def _network(args):
 def run(args) -> int:
     import jax
 
-    from . import _checks
+    from .._theory import checks as _checks
 
     start = time.perf_counter()
     log = None if args.quiet else (lambda m: print(f"[{time.perf_counter() - start:5.1f} s] {m}", file=sys.stderr, flush=True))

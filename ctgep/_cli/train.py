@@ -87,9 +87,9 @@ def _fail(message: str, code: int) -> int:
 
 
 def _guarded(run):
-    from ._cards import CardError
-    from ._data import DataError
-    from ._train import TrainingError
+    from .._experiment.cards import CardError
+    from .._experiment.data import DataError
+    from .._experiment.train import TrainingError
 
     try:
         return run()
@@ -103,7 +103,7 @@ def _guarded(run):
 
 def _train(args) -> int:
     def run():
-        from ._train import train
+        from .._experiment.train import train
 
         r = train(args.card, args.out, overrides=args.overrides, epochs=args.epochs,
                   data_dir=args.data_dir, progress=not args.quiet)
@@ -115,7 +115,7 @@ def _train(args) -> int:
 
 def _resume(args) -> int:
     def run():
-        from ._train import resume
+        from .._experiment.train import resume
 
         r = resume(args.run_dir, epochs=args.epochs, data_dir=args.data_dir, progress=not args.quiet)
         _report(r)
@@ -135,7 +135,7 @@ def _report(run) -> None:
 
 def _evaluate(args) -> int:
     def run():
-        from ._train import evaluate
+        from .._experiment.train import evaluate
 
         r = evaluate(args.run_dir, which=args.checkpoint, data_dir=args.data_dir, split=args.split,
                      t_free=args.t_free)

@@ -87,7 +87,7 @@ def _network(args):
     """(net, card-or-None, description) from a run directory, a card, or the options."""
     import jax.random as jr
 
-    from ._dynamics import LayeredNetwork
+    from .._dynamics.networks import LayeredNetwork
 
     source = args.checkpoint or args.source
     if args.checkpoint and args.source:
@@ -97,8 +97,8 @@ def _network(args):
         net = LayeredNetwork(sizes, args.activation or "hard_sigmoid", key=jr.PRNGKey(args.seed))
         return net, None, f"untrained {'-'.join(map(str, sizes))} network (seed {args.seed})"
     try:
-        from ._cards import load_card
-        from ._train import build_network, load_run
+        from .._experiment.cards import load_card
+        from .._experiment.train import build_network, load_run
     except ImportError:  # the training modules are optional for recording
         raise ValueError(f"cannot read {source!r}: ctgep's training modules are unavailable") from None
     path = pathlib.Path(source)
@@ -130,7 +130,7 @@ def _inputs(args, card, net):
 
     name = args.data or (card.data.dataset if card is not None else "digits")
     data_dir = args.data_dir or (card.data.data_dir or None if card is not None else None)
-    from ._data import load_dataset
+    from .._experiment.data import load_dataset
 
     data = load_dataset(name, data_dir=data_dir, download=False)
     if data.n_features != net.sizes[0]:
@@ -159,9 +159,9 @@ def _record(args) -> int:
 
 
 def _run(args) -> int:
-    from ._plots import save_figures
-    from ._record import error_arrival_times, record
-    from ._solvers import Euler, get_solver
+    from .._observation.plots import save_figures
+    from .._observation.record import error_arrival_times, record
+    from .._simulation.solvers import Euler, get_solver
 
     net, card, what = _network(args)
     x, y, data_name = _inputs(args, card, net)

@@ -1,0 +1,1 @@
+"""Dynamics: vector fields, activations and the low-level field operations."""

@@ -1,0 +1,1 @@
+"""Experiments: model cards, datasets and training runs."""

@@ -1,0 +1,1 @@
+"""Learning rules: turn phases into parameter updates."""

@@ -1,0 +1,1 @@
+"""Observation: recording trajectories, figures and weight alignment."""

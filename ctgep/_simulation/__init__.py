@@ -1,0 +1,1 @@
+"""Simulation: phase solvers and the one phase integrator."""

@@ -1,0 +1,1 @@
+"""Theory: reference gradients, adjoint ODEs and the theorem checks."""
