@@ -25,7 +25,7 @@ number of vector-field evaluations per minibatch, then times *the same matrix pr
 — the per-evaluation products for that many evaluations, the input drive and the outer
 products of the update — in a jitted loop of the same shapes, and prints the ratio
 (target ≥ 50 %). The network starts from a trained checkpoint (``--from``, default the
-committed 784-512-512-10 run) so that the warm-start figure is the one of late training;
+committed 784-512-512-10 run ``_endpoint_warm80``) so that the warm-start figure is the one of late training;
 ``--from ''`` starts from a Glorot initialisation instead.
 
 With ``--batch-sizes 20 64 128`` each setting is also run at those minibatch sizes (same number
@@ -50,7 +50,7 @@ from ctgep._experiment import train as _train
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CARD = ROOT / "models" / "mnist_784-512-512-10.toml"
-RUN = ROOT / "studies" / "mnist" / "784-512-512-10_endpoint_tuned"
+RUN = ROOT / "studies" / "mnist" / "784-512-512-10_endpoint_warm80"
 
 SETTINGS = {
     "fixed": ["phases.stop_at_steady_state=false", "phases.warm_start=false"],

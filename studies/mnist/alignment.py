@@ -11,7 +11,7 @@ product is the sum of four terms; the table gives the cosines of the three that 
 `ΔWf` against the initial feedback `Wb⁰` (feedback alignment, as in Lillicrap et al. 2016),
 `ΔWb` against the initial forward `Wf⁰`, and `ΔWb` against `ΔWf`.
 
-    python studies/mnist/alignment.py [--decompose] [RUN_DIR ...]   (default: every run under studies/mnist/)
+    python studies/mnist/alignment.py [--decompose] [RUN_DIR ...]   (default: every run under studies/mnist/ that keeps its checkpoints)
 """
 
 import argparse
@@ -30,7 +30,7 @@ def main():
     parser.add_argument("runs", nargs="*", type=pathlib.Path)
     parser.add_argument("--decompose", action="store_true", help="cosines of the learnt changes (see above)")
     args = parser.parse_args()
-    runs = args.runs or sorted(p.parent for p in HERE.glob("*/metrics.csv"))
+    runs = args.runs or sorted(p.parents[1] for p in HERE.glob("*/checkpoints/latest.json"))
     if args.decompose:
         return decompose(runs)
     print("| run | pair | cos at init | cos after epoch 1 | cos at end | change | tr at init | tr at end |")

@@ -28,7 +28,7 @@ def main():
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--examples", type=int, default=2000)
     args = parser.parse_args()
-    runs = args.runs or sorted(p.parent for p in HERE.glob("*/metrics.csv"))
+    runs = args.runs or sorted(p.parents[1] for p in HERE.glob("*/checkpoints/latest.json"))
     data = ctgep.load_dataset("mnist", data_dir=args.data_dir)
     x = jnp.asarray(data.x_train[:args.examples], jnp.float32)
     print("| run | layer | at 0 | in (0, 1) | at 1 | units always 0 | units always 1 |")
