@@ -210,7 +210,7 @@ def test_non_convergence_is_flagged(x64):
 
 def test_non_convergence_warns(x64):
     net, x = _chaotic(x64)
-    with pytest.warns(RuntimeWarning, match="did not reach steady state"):
+    with pytest.warns(RuntimeWarning, match=r"free phase did not converge: 4 sample\(s\) reached the horizon"):
         r = ctgep.free_phase(net, x, solver="euler", t_max=50.0, policy="warn")
         jax.block_until_ready(r.state)
         jax.effects_barrier()
@@ -218,7 +218,7 @@ def test_non_convergence_warns(x64):
 
 def test_non_convergence_raises(x64):
     net, x = _chaotic(x64)
-    with pytest.raises(Exception, match="did not reach steady state"):
+    with pytest.raises(Exception, match=r"ctgep: the free phase did not converge: .*horizon_reached"):
         r = ctgep.free_phase(net, x, solver="euler", t_max=50.0, policy="raise")
         jax.block_until_ready(r.state)
 
@@ -228,6 +228,7 @@ def test_divergence_to_nan_is_flagged_not_silent(x64):
     net = eqx.tree_at(lambda n: n.b, net, replace_fn=lambda bs: tuple(b + jnp.nan for b in bs))
     r = ctgep.free_phase(net, x, solver="euler", t_max=5.0)
     assert not bool(r.converged.any())
+    assert np.all(np.asarray(r.code) == ctgep.RESULTS.nonfinite_state)
 
 
 def test_energy_network_runs_through_the_same_simulator(x64):

@@ -193,7 +193,7 @@ def test_monitors_subset_and_grid(problem):
         (dict(sampling=0), "sampling=0"),
         (dict(sampling="every"), "sampling='every'"),
         (dict(sampling=[0.0, 2.0, 1.0]), "sampling: a time grid"),
-        (dict(sampling=[0.0, 0.1]), "finer than the Euler step"),
+        (dict(sampling=[0.0, 0.1]), "finer than the solver.s step dt=0.5"),
         (dict(increments=["W"]), "increments: unknown parameter 'W'"),
         (dict(layers=[1], neurons={2: 1}), "neurons: layer 2 is not among"),
         (dict(beta=0.0), "beta=0.0"),

@@ -7,7 +7,6 @@ message on stderr and exit status 2, never with a traceback.
 import argparse
 import json
 import pathlib
-import sys
 
 _EPILOG = """\
 examples:
@@ -22,10 +21,12 @@ error_heatmaps,phase_portrait}.png, and prints the error signal's arrival time p
 
 
 def _ints(text, name):
+    from .._errors import UsageError
+
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--{name}={text!r} must be comma-separated integers") from None
+        raise UsageError(f"--{name}={text!r} must be comma-separated integers") from None
 
 
 def register(subparsers) -> None:
@@ -88,27 +89,26 @@ def _network(args):
     import jax.random as jr
 
     from .._dynamics.networks import LayeredNetwork
+    from .._errors import UsageError
+    from .._experiment.build import build_network
+    from .._experiment.cards import load_card
+    from .._experiment.rundir import load_run
 
     source = args.checkpoint or args.source
     if args.checkpoint and args.source:
-        raise ValueError("give the run directory either as RUN_DIR or as --checkpoint, not both")
+        raise UsageError("give the run directory either as RUN_DIR or as --checkpoint, not both")
     if source is None:
         sizes = _ints(args.sizes, "sizes") if args.sizes else [64, 32, 32, 10]
         net = LayeredNetwork(sizes, args.activation or "hard_sigmoid", key=jr.PRNGKey(args.seed))
         return net, None, f"untrained {'-'.join(map(str, sizes))} network (seed {args.seed})"
-    try:
-        from .._experiment.cards import load_card
-        from .._experiment.train import build_network, load_run
-    except ImportError:  # the training modules are optional for recording
-        raise ValueError(f"cannot read {source!r}: ctgep's training modules are unavailable") from None
     path = pathlib.Path(source)
     if path.is_dir() and (path / "card.toml").is_file():
         if args.sizes or args.activation:
-            raise ValueError("--sizes/--activation cannot change a trained run's network")
+            raise UsageError("--sizes/--activation cannot change a trained run's network")
         run = load_run(path, args.which)
         return run.net, run.card, f"run {path} ({run.checkpoint.get('tag')} checkpoint, epoch {run.checkpoint.get('epoch')})"
     if args.checkpoint:
-        raise ValueError(f"--checkpoint={source!r} is not a run directory (no card.toml)")
+        raise UsageError(f"--checkpoint={source!r} is not a run directory (no card.toml)")
     overrides = []
     if args.sizes:
         sizes = _ints(args.sizes, "sizes")
@@ -128,17 +128,18 @@ def _inputs(args, card, net):
     import jax.numpy as jnp
     import numpy as np
 
-    name = args.data or (card.data.dataset if card is not None else "digits")
-    data_dir = args.data_dir or (card.data.data_dir or None if card is not None else None)
+    from .._errors import UsageError
     from .._experiment.data import load_dataset
 
+    if args.samples < 1:
+        raise UsageError(f"--samples={args.samples} must be ≥ 1")
+    name = args.data or (card.data.dataset if card is not None else "digits")
+    data_dir = args.data_dir or (card.data.data_dir or None if card is not None else None)
     data = load_dataset(name, data_dir=data_dir, download=False)
     if data.n_features != net.sizes[0]:
-        raise ValueError(f"--data={name!r} has {data.n_features} features but the network's input layer has {net.sizes[0]}")
+        raise UsageError(f"--data={name!r} has {data.n_features} features but the network's input layer has {net.sizes[0]}")
     if net.sizes[-1] != data.n_classes:
-        raise ValueError(f"--data={name!r} has {data.n_classes} classes but the network's output layer has {net.sizes[-1]}")
-    if args.samples < 1:
-        raise ValueError(f"--samples={args.samples} must be ≥ 1")
+        raise UsageError(f"--data={name!r} has {data.n_classes} classes but the network's output layer has {net.sizes[-1]}")
     n = min(args.samples, len(data.y_test))
     x = jnp.asarray(data.x_test[:n])
     y = jax.nn.one_hot(jnp.asarray(np.asarray(data.y_test[:n])), data.n_classes)
@@ -146,16 +147,19 @@ def _inputs(args, card, net):
 
 
 def _record(args) -> int:
+    """Run `ctgep record`; ctgep's errors go to `ctgep._cli.main`.
+
+    The options `record` itself refuses (a layer out of range, an unknown parameter …) come as
+    ValueError, a missing file as FileNotFoundError: both are bad input, a UsageError here.
+    """
+    from .._errors import CtgepError, UsageError
+
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
-        print(f"ctgep record: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 — TrainingError and friends: still one line
-        if type(e).__name__ in ("TrainingError", "DataError", "CardError"):
-            print(f"ctgep record: error: {e}", file=sys.stderr)
-            return 2
+    except CtgepError:
         raise
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        raise UsageError(str(e)) from e
 
 
 def _run(args) -> int:
@@ -173,9 +177,9 @@ def _run(args) -> int:
         alt = args.alternate or (phases is not None and phases.alternate)
         solver = Euler(dt=float(dt), precondition=bool(pre), alternate=bool(alt))
     else:
-        for flag, what in (("precondition", "scales the Euler step"), ("alternate", "orders the Euler step's layer updates")):
+        for flag, effect in (("precondition", "scales the Euler step"), ("alternate", "orders the Euler step's layer updates")):
             if getattr(args, flag):
-                raise ValueError(f"--{flag} {what}; add --solver euler")
+                raise ValueError(f"--{flag} {effect}; add --solver euler")
         solver = get_solver(solver_name)
     beta = args.beta if args.beta is not None else (card.learning.beta if card is not None else 0.5)
     if args.every is not None:
@@ -188,8 +192,9 @@ def _run(args) -> int:
         import numpy as np
 
         sampling = np.linspace(0.0, max(args.t_free, args.t_nudged), args.grid)
-        if isinstance(solver, Euler):
-            sampling = np.unique(np.rint(sampling / solver.dt)) * solver.dt
+        step = solver.time_resolution
+        if step is not None:  # a fixed-step solver records on its own steps
+            sampling = np.unique(np.rint(sampling / step)) * step
     else:
         sampling = "grid"
     increments = None

@@ -1,4 +1,4 @@
-"""Learning rules: turn a free and a nudged phase into an update of the parameters (DESIGN §2).
+"""Learning rules: turn a free and a nudged phase into an update of the parameters (docs/rules.md).
 
 Every rule returns a pytree shaped like the network's trainable parameters (the network
 module with its arrays replaced by updates), with the sign *to be added*: `θ ← θ + α Δθ`.
@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .._dynamics.networks import AbstractDynamics, EnergyNetwork, LayeredNetwork
-from .._simulation.phases import PhaseResult, _concrete_float, _split, free_phase, nudged_phase
+from .._dynamics import field as F
+from .._simulation.phases import concrete_float, free_phase, nudged_phase
+from .._simulation.results import PhaseResult
 
 Rule = Literal["endpoint", "integrated", "continual"]
 Nudging = Literal["one-sided", "random", "centered"]
@@ -42,16 +44,9 @@ class EPStep(eqx.Module, strict=True):
 
 def endpoint_update(net: AbstractDynamics, x, s_free, s_nudged, beta):
     """`(∂μ/∂θ)ᵀ(s⁰) · (s^β − s⁰)/β`, averaged over the batch."""
-    params, static = _split(net)
+    params, static = F.partition(net)
     delta = jax.tree_util.tree_map(lambda a, b: (a - b) / beta, s_nudged, s_free)
-
-    def mu_of(p):
-        n = eqx.combine(p, static)
-        return n.vector_field(s_free, n.drive(x))
-
-    _, vjp = jax.vjp(mu_of, params)
-    (g,) = vjp(delta)
-    return jax.tree_util.tree_map(lambda a: a / x.shape[0], g)
+    return F.synapse_vjp(params, static, s_free, x, delta)
 
 
 def _mean(trees):
@@ -83,7 +78,7 @@ def ep_step(
     policy="flag",
 ) -> EPStep:
     """Free phase (unless `free` is given), nudged phase(s) and the update of `rule`."""
-    b = _concrete_float(beta, "beta")
+    b = concrete_float(beta)
     if b is not None and not (b > 0 and math.isfinite(b)):
         raise ValueError(f"beta={beta!r} must be positive (its sign is set by `nudging`)")
     if rule not in RULES:
@@ -117,9 +112,9 @@ def ep_step(
             jax.tree_util.tree_map(lambda a: a / bi, n.synapse_integral) for n, bi in zip(nudged, betas)
         ])
     else:
-        params, _ = _split(net)
+        params, _ = F.partition(net)
         update = _mean([
-            jax.tree_util.tree_map(lambda a, b: (a - b) / eta, _split(n.params)[0], params)
+            jax.tree_util.tree_map(lambda a, b: (a - b) / eta, F.partition(n.params)[0], params)
             for n in nudged
         ])
     return EPStep(update=update, free=free, nudged=nudged, betas=betas)

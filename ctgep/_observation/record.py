@@ -28,23 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from .._dynamics import field as F
 from .._dynamics.networks import AbstractDynamics
-from .._simulation.phases import (
-    PhaseResult,
-    _check_common,
-    _check_state,
-    _diffrax_solve,
-    _euler_sweep,
-    _final_residual,
-    _layer_groups,
-    _mu_beta,
-    _project,
-    _residual,
-    _split,
-    _synapse_rate,
-    _unit_steps,
-)
-from .._simulation.solvers import Adaptive, Euler
+from .._simulation.phases import check_common, check_state, check_targets, concrete_float, run_phase
+from .._simulation.problem import Observer
 
 PHASES = ("free", "nudged")
 DEFAULT_GRID_POINTS = 201
@@ -182,7 +169,7 @@ def _monitor(spec: _Spec, nudged: bool, beta, s_ref, widths):
         return jnp.concatenate([s[l - 1][rows][:, jnp.asarray(u)] for l, u in spec.units], axis=-1)
 
     def fn(s, mu, acc):
-        out = {"state": pick(s), "residual": _residual(mu)[rows]}
+        out = {"state": pick(s), "residual": F.residual(mu)[rows]}
         if nudged:
             err = tuple((a - b) / beta for a, b in zip(s, s_ref))
             out["error"] = pick(err)
@@ -198,151 +185,20 @@ def _monitor(spec: _Spec, nudged: bool, beta, s_ref, widths):
     return fn
 
 
-# ----------------------------------------------------------------------------- runners
-
-
-def _run_euler(net, x, y, s_init, beta, solver: Euler, t_max, tol, stop, nudged, spec, widths):
-    params, static = _split(net)
-    drive = net.drive(x)
-    bounds = net.state_bounds if solver.clip else None
-    dt = solver.dt
-    n_steps = max(int(math.ceil(t_max / dt - 1e-9)), 0)
-    steps = _unit_steps(net, s_init, y, beta, solver)
-    groups = _layer_groups(len(s_init), solver)
-    monitor = _monitor(spec, nudged, beta, s_init, widths)
-
-    def projected(s):
-        return _project(s, _mu_beta(net, s, drive, y, beta), bounds, steps)
-
-    if spec.every:
-        size = 1 + n_steps // spec.every + 1
-        due_steps = None
-    else:
-        due_steps = jnp.asarray(np.rint(np.asarray(spec.grid) / dt).astype(np.int32))
-        size = len(spec.grid)
-
-    def due(k, j):
-        if spec.every:
-            return k % spec.every == 0
-        return (j < size) & (due_steps[jnp.minimum(j, size - 1)] == k)
-
-    acc0 = jax.tree_util.tree_map(jnp.zeros_like, params) if nudged else None
-    mu0 = projected(s_init)
-    struct = jax.eval_shape(monitor, s_init, mu0, acc0)
-    bufs = jax.tree_util.tree_map(lambda a: jnp.full((size,) + a.shape, jnp.nan, a.dtype), struct)
-    tbuf = jnp.full((size,), jnp.nan, jnp.result_type(float))
-
-    def write(k, s, mu, acc, j, bufs, tbuf):
-        rec = monitor(s, mu, acc)
-        bufs = jax.tree_util.tree_map(lambda b, r: b.at[j].set(r), bufs, rec)
-        return bufs, tbuf.at[j].set(k * dt), j + 1
-
-    def maybe_write(k, s, mu, acc, j, bufs, tbuf):
-        return jax.lax.cond(
-            due(k, j),
-            lambda: write(k, s, mu, acc, j, bufs, tbuf),
-            lambda: (bufs, tbuf, j),
-        )
-
-    j0 = jnp.asarray(0)
-    bufs, tbuf, j0 = maybe_write(jnp.asarray(0), s_init, mu0, acc0, j0, bufs, tbuf)
-
-    def cond(carry):
-        k, _, mu, *_ = carry
-        going = k < n_steps
-        return going & (jnp.max(_residual(mu)) >= tol) if stop else going
-
-    def body(carry):
-        k, s, mu, acc, j, bufs, tbuf = carry
-        s, moves = _euler_sweep(projected, s, mu, steps, groups)
-        if nudged:
-            for u, ds in moves:
-                acc = jax.tree_util.tree_map(jnp.add, acc, _synapse_rate(params, static, u, x, ds))
-        mu = projected(s)
-        bufs, tbuf, j = maybe_write(k + 1, s, mu, acc, j, bufs, tbuf)
-        return k + 1, s, mu, acc, j, bufs, tbuf
-
-    carry = (jnp.asarray(0), s_init, mu0, acc0, j0, bufs, tbuf)
-    k, s, mu, acc, j, bufs, tbuf = jax.lax.while_loop(cond, body, carry)
-    if spec.every:  # the final state is always the last record
-        bufs, tbuf, j = jax.lax.cond(
-            k % spec.every != 0,
-            lambda: write(k, s, mu, acc, j, bufs, tbuf),
-            lambda: (bufs, tbuf, j),
-        )
-    z = {"s": s}
-    if nudged:
-        z["acc"] = acc
-    return z, k * dt, k, jnp.asarray(True), tbuf, bufs
-
-
-def _run_adaptive(net, x, y, s_init, beta, solver: Adaptive, t_max, tol, stop, nudged, spec, widths):
-    params, static = _split(net)
-    drive = net.drive(x)
-    monitor = _monitor(spec, nudged, beta, s_init, widths)
-
-    def field(t, z, args):
-        mu = _mu_beta(net, z["s"], drive, y, beta)
-        out = {"s": mu}
-        if nudged:
-            out["acc"] = _synapse_rate(params, static, z["s"], x, mu)
-        return out
-
-    def settled(t, z, args, **kwargs):
-        return jnp.max(_residual(_mu_beta(net, z["s"], drive, y, beta))) < tol
-
-    def save(t, z, args):
-        return monitor(z["s"], _mu_beta(net, z["s"], drive, y, beta), z.get("acc"))
-
-    z0 = {"s": s_init}
-    if nudged:
-        z0["acc"] = jax.tree_util.tree_map(jnp.zeros_like, params)
-    if spec.every:
-        sub = diffrax.SubSaveAt(t0=True, steps=spec.every, t1=True, fn=save)
-    else:
-        sub = diffrax.SubSaveAt(ts=jnp.asarray(spec.grid), fn=save)
-    saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(t1=True), sub])
-    sol, ok = _diffrax_solve(field, settled, z0, solver, t_max, stop, saveat=saveat)
-    final_ts, rec_ts = sol.ts
-    final_ys, rec_ys = sol.ys
-    z = jax.tree_util.tree_map(lambda a: a[-1], final_ys)
-    return z, final_ts[-1], sol.stats["num_steps"], ok, rec_ts, rec_ys
+# ----------------------------------------------------------------------------- runner
 
 
 @eqx.filter_jit
 def _record_phase(net, x, y, s_init, beta, solver, t_max, tol, stop, nudged, spec, widths):
-    run = _run_euler if isinstance(solver, Euler) else _run_adaptive
-    z, t, steps, ok, rec_ts, rec = run(net, x, y, s_init, beta, solver, t_max, tol, stop, nudged, spec, widths)
+    """One phase run by the simulator itself, with the monitors as its observer."""
+    monitor = _monitor(spec, nudged, beta, s_init, widths)
+    observer = Observer(lambda t, s, mu, acc: monitor(s, mu, acc), every=spec.every, ts=spec.grid)
     synapses = "integrate" if nudged else "none"
-    residual = _final_residual(net, x, y, beta, z, solver, synapses)
-    batch = x.shape[0]
-    result = PhaseResult(
-        state=z["s"],
-        t_stop=jnp.broadcast_to(jnp.asarray(t, residual.dtype), (batch,)),
-        steps=jnp.broadcast_to(jnp.asarray(steps, jnp.int32), (batch,)),
-        residual=residual,
-        converged=ok & (residual < tol),
-        synapse_integral=z.get("acc"),
-    )
-    return result, rec_ts, rec
+    result, out = run_phase(net, x, y, s_init, beta, solver, t_max, tol, stop, synapses, None, observer)
+    return result, out.record_ts, out.records
 
 
 # ----------------------------------------------------------------------------- record
-
-
-def _solver_settings(solver) -> dict:
-    if isinstance(solver, Euler):
-        return {"kind": "euler", "dt": solver.dt, "clip": solver.clip,
-                "precondition": solver.precondition, "alternate": solver.alternate}
-    return {
-        "kind": "adaptive",
-        "solver": type(solver.solver).__name__,
-        "rtol": solver.rtol,
-        "atol": solver.atol,
-        "dt0": solver.dt0,
-        "dtmax": solver.dtmax,
-        "max_steps": solver.max_steps,
-    }
 
 
 def _model_settings(net, names, params) -> dict:
@@ -408,21 +264,18 @@ def record(
     settings, those netCDF cannot store natively as JSON strings (`model`, `solver`,
     `sampling`, `card`).
     """
-    solver = _check_common(net, x, solver, t_free, tol, "flag", "joint")
-    _check_common(net, x, solver, t_nudged, tol, "flag", "joint")
-    try:
-        b = float(beta)
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        raise ValueError(f"beta={beta!r} must be a concrete number") from None
+    solver = check_common(net, x, solver, t_free, tol, "flag", "joint")
+    check_common(net, x, solver, t_nudged, tol, "flag", "joint")
+    b = concrete_float(beta)
+    if b is None:
+        raise ValueError(f"beta={beta!r} must be a concrete number")
     if b == 0.0 or not math.isfinite(b):
         raise ValueError(f"beta={beta!r} must be a finite non-zero nudging strength")
     if s_init is None:
         s_init = net.init_state(x)
     else:
-        _check_state(net, x, s_init, "s_init")
-    expected = jax.eval_shape(lambda s: net.output(s), s_init).shape
-    if getattr(y, "shape", None) != expected:
-        raise ValueError(f"y has shape {getattr(y, 'shape', None)} but the network's output has shape {expected}")
+        check_state(net, x, s_init, "s_init")
+    check_targets(net, y, s_init)
 
     widths = tuple(int(a.shape[-1]) for a in jax.tree_util.tree_leaves(jax.eval_shape(net.init_state, x)))
     batch = int(x.shape[0])
@@ -430,11 +283,12 @@ def record(
     units = _resolve_units(neurons, chosen_layers, widths, layers)
     rows = _resolve_samples(samples, batch)
     horizon = max(float(t_free), float(t_nudged))
-    every, grid = _resolve_sampling(sampling, horizon, solver.dt if isinstance(solver, Euler) else None)
-    if grid is not None and isinstance(solver, Euler) and grid.size > 1 and np.min(np.diff(grid)) < solver.dt * (1 - 1e-9):
-        raise ValueError(f"sampling: grid spacing {np.min(np.diff(grid)):g} is finer than the Euler step dt={solver.dt}")
+    step = solver.time_resolution
+    every, grid = _resolve_sampling(sampling, horizon, step)
+    if grid is not None and step is not None and grid.size > 1 and np.min(np.diff(grid)) < step * (1 - 1e-9):
+        raise ValueError(f"sampling: grid spacing {np.min(np.diff(grid)):g} is finer than the solver's step dt={step}")
 
-    params, _ = _split(net)
+    params, _ = F.partition(net)
     names = _param_names(params)
     leaves = jax.tree_util.tree_leaves(params)
     if increments is None:
@@ -575,7 +429,7 @@ def record(
         "stop_at_steady_state": int(stop),
         "batch_size": batch,
         "model": json.dumps(_model_settings(net, names, params)),
-        "solver": json.dumps(_solver_settings(solver)),
+        "solver": json.dumps(solver.describe()),
         "sampling": json.dumps(sampling_attr),
         "card": json.dumps(card if card is not None else {}),
         "error_definition": "(s^beta(t) - s^0) / beta",
@@ -635,7 +489,7 @@ def error_arrival_times(ds: xr.Dataset, fraction: float = 0.5, per_sample: bool 
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

@@ -26,7 +26,9 @@ import numpy as np
 import xarray as xr
 
 from .._dynamics.networks import AbstractDynamics
-from .._simulation.phases import PhaseResult, _split
+from .._dynamics import field as F
+from .._simulation.results import PhaseResult
+from .gradients import _check_horizon, _cost_grads, _free
 
 
 def _layer_sizes(net, x):
@@ -177,7 +179,6 @@ def rbp_adjoint(
 
     Equals BPTT of horizon `T` started at `s⁰`, and tends to `∂J/∂θ` (:func:`rbp`) as `T → ∞`.
     """
-    from .._theory.gradients import _check_horizon, _free
 
     T = _check_horizon(T)
     s = _free(net, x, s_free)
@@ -189,9 +190,8 @@ def rbp_adjoint(
 def _integrate(net, x, y, path, s_T, horizon, rtol, atol):
     """Integrate `(λ, ∂L/∂θ)` backward over `τ ∈ [0, horizon]`; `path` is an interpolation of
     the forward state (evaluated at `t_end − τ`) or a frozen state."""
-    from .._theory.gradients import _cost_grads
 
-    params, static = _split(net)
+    params, static = F.partition(net)
     dc_ds, dj_dtheta = _cost_grads(net, s_T, y)
     batch = x.shape[0]
     lam0 = jax.tree_util.tree_map(lambda a: a / batch, dc_ds)

@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
-from .._theory import gradients as G
+from .. import gradients as G
 from .._dynamics.networks import AbstractDynamics, LayeredNetwork
 from .._simulation.phases import free_phase
 from .._learning.rules import ep_update

@@ -1,4 +1,4 @@
-"""Reference gradients of `J(θ) = mean_batch C(θ, v, s⁰_θ)` and the paper's ν (DESIGN §3).
+"""Reference gradients of `J(θ) = mean_batch C(θ, v, s⁰_θ)` and the paper's ν (docs/theory.md).
 
 Every function returns a pytree shaped like the network's trainable parameters — the same
 structure as :func:`ctgep.ep_update`, i.e. ``eqx.partition(net, eqx.is_inexact_array)[0]``:
@@ -29,24 +29,14 @@ import lineax as lx
 import optimistix as optx
 from jax.flatten_util import ravel_pytree
 
-from .._theory.adjoint import bptt_adjoint as bptt_adjoint
-from .._theory.compare import angle as angle
-from .._theory.compare import compare as compare
-from .._theory.compare import cosine_similarity as cosine_similarity
-from .._theory.compare import relative_error as relative_error
-from .._theory.compare import sign_agreement as sign_agreement
-from .._theory.adjoint import rbp_adjoint as rbp_adjoint
-from .._theory.adjoint import trajectory as trajectory
+from .._dynamics import field as F
 from .._dynamics.networks import AbstractDynamics
-from .._simulation.phases import PhaseResult, _mu_beta, _split, _synapse_rate, free_phase, nudged_phase
-from .._simulation.solvers import Adaptive
+from .._simulation.adaptive import Adaptive
+from .._simulation.phases import free_phase, nudged_phase
+from .._simulation.results import PhaseResult
 
 __all__ = [
-    "angle",
     "bptt",
-    "bptt_adjoint",
-    "compare",
-    "cosine_similarity",
     "dcost_dbeta",
     "dfixed_point_dbeta",
     "dfixed_point_dtheta",
@@ -56,10 +46,6 @@ __all__ = [
     "loss",
     "nu",
     "rbp",
-    "rbp_adjoint",
-    "relative_error",
-    "sign_agreement",
-    "trajectory",
 ]
 
 #: Phase solver tight enough that the residual is not stalled by the step controller (float64).
@@ -95,7 +81,7 @@ def _sample_field(net, xi, yi, beta):
     yb = None if yi is None else yi[None]
 
     def f(s, args=None):
-        return _drop1(_mu_beta(net, _add1(s), drive, yb, beta))
+        return _drop1(F.mu_beta(net, _add1(s), drive, yb, beta))
 
     return f
 
@@ -120,8 +106,8 @@ def _solve_jacobian(net, x, y, beta, s, rhs, transpose):
 
 def _cost_grads(net, s, y):
     """Per-sample `∂C_i/∂s` (batched state) and the direct `∂J/∂θ` (zero for the default cost)."""
-    params, static = _split(net)
-    dc_ds = jax.grad(lambda z: jnp.sum(net.cost(z, y)))(s)
+    params, static = F.partition(net)
+    dc_ds = F.cost_gradient(net, s, y)
     dj_dtheta = jax.grad(lambda p: jnp.mean(eqx.combine(p, static).cost(s, y)))(params)
     return dc_ds, dj_dtheta
 
@@ -244,10 +230,10 @@ def loss(net: AbstractDynamics, x, y, *, s_free=None, **fixed_point_kwargs):
 
 @eqx.filter_jit
 def _rbp_nu(net, x, y, s, which):
-    params, static = _split(net)
+    params, static = F.partition(net)
     dc_ds, dj_dtheta = _cost_grads(net, s, y)
     adjoint = _solve_jacobian(net, x, None, 0.0, s, dc_ds, transpose=(which == "rbp"))
-    g = _synapse_rate(params, static, s, x, adjoint)  # (1/B) Σ_i (∂μ/∂θ)ᵀ w_i
+    g = F.synapse_vjp(params, static, s, x, adjoint)  # (1/B) Σ_i (∂μ/∂θ)ᵀ w_i
     if which == "rbp":
         return jax.tree_util.tree_map(lambda a, b: b - a, g, dj_dtheta)
     return jax.tree_util.tree_map(lambda a, b: a - b, g, dj_dtheta)
@@ -295,7 +281,7 @@ def finite_difference(
 
 @eqx.filter_jit
 def _fd(net, x, y, s, eps, chunk):
-    params, static = _split(net)
+    params, static = F.partition(net)
     flat, unravel = ravel_pytree(params)
 
     def J(theta):
@@ -327,7 +313,7 @@ def bptt(
     `s_init` (zeros by default) is held fixed. `solver`: a diffrax solver stepped with the
     constant step `dt` (default Tsit5), or a :class:`ctgep.Adaptive` whose PID controller is
     capped at `dtmax` (default `10·dt`: near a fixed point an uncapped controller takes steps
-    outside the stability region and the derivative explodes, DESIGN §3). Backprop uses
+    outside the stability region and the derivative explodes, docs/theory.md#bptt-through-an-adaptive-solver). Backprop uses
     `RecursiveCheckpointAdjoint`. `T` may be 0 (the direct cost term only).
     """
     _check_inputs(net, x, y)
@@ -354,7 +340,7 @@ def bptt(
 
 @eqx.filter_jit
 def _bptt(net, x, y, s0, T, method, controller, dt, max_steps):
-    params, static = _split(net)
+    params, static = F.partition(net)
 
     def J(p):
         n = eqx.combine(p, static)
@@ -391,7 +377,7 @@ def dfixed_point_dtheta(net: AbstractDynamics, x, tangent, *, y=None, beta: floa
 
 @eqx.filter_jit
 def _dfp_dtheta(net, x, y, beta, s, tangent):
-    params, static = _split(net)
+    params, static = F.partition(net)
 
     def mu_of(p):
         n = eqx.combine(p, static)
