@@ -10,11 +10,9 @@ from ._dynamics.networks import (
     EnergyNetwork as EnergyNetwork,
     LayeredNetwork as LayeredNetwork,
 )
-from ._simulation.phases import (
-    PhaseResult as PhaseResult,
-    free_phase as free_phase,
-    nudged_phase as nudged_phase,
-)
+from ._simulation.phases import free_phase as free_phase, nudged_phase as nudged_phase
+from ._simulation.problem import Observer as Observer, PhaseProblem as PhaseProblem
+from ._simulation.results import PhaseResult as PhaseResult, RESULTS as RESULTS
 from ._observation.plots import (
     plot_error_signal as plot_error_signal,
     plot_phase_portrait as plot_phase_portrait,
@@ -34,19 +32,41 @@ from ._learning.rules import (
     ep_step as ep_step,
     ep_update as ep_update,
 )
-from ._simulation.solvers import (
+from ._simulation.adaptive import Adaptive as Adaptive
+from ._simulation.euler import Euler as Euler
+from ._simulation.solver import (
     AbstractPhaseSolver as AbstractPhaseSolver,
-    Adaptive as Adaptive,
-    Euler as Euler,
+    AbstractStepper as AbstractStepper,
+    Relaxation as Relaxation,
 )
+from ._dynamics import field as field
 from ._observation.alignment import alignment as alignment
-from ._experiment.cards import Card as Card, CardError as CardError, load_card as load_card
-from ._experiment.data import DataError as DataError, Dataset as Dataset, load_dataset as load_dataset
-from ._experiment.train import (
-    Run as Run,
+from ._errors import (
+    CardError as CardError,
+    ConvergenceError as ConvergenceError,
+    CtgepError as CtgepError,
+    DataError as DataError,
+    RunDirError as RunDirError,
     TrainingError as TrainingError,
+    UsageError as UsageError,
+)
+from ._dynamics.activations import get_activation as get_activation
+from ._experiment.cards import Card as Card, load_card as load_card
+from ._experiment.data import Dataset as Dataset, load_dataset as load_dataset
+from ._experiment.build import (
+    TrainingStep as TrainingStep,
+    build_network as build_network,
+    build_optimizer as build_optimizer,
+    build_solver as build_solver,
+    build_training_step as build_training_step,
+    error_rate as error_rate,
+    initial_network as initial_network,
+)
+from ._experiment.rundir import Run as Run, load_run as load_run
+from ._experiment.loop import (
+    Progress as Progress,
     evaluate as evaluate,
-    load_run as load_run,
+    load_card_data as load_card_data,
     resume as resume,
     train as train,
 )

@@ -1,9 +1,31 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import pytest
 
 import ctgep
+
+# Matplotlib's font cache, found before the fixture below moves HOME (else every process of a
+# test would rebuild it).
+_MPLCONFIGDIR = os.environ.get("MPLCONFIGDIR")
+if not _MPLCONFIGDIR:
+    import matplotlib
+
+    _MPLCONFIGDIR = matplotlib.get_cachedir()
+
+
+@pytest.fixture(autouse=True)
+def _no_machine_data(monkeypatch, tmp_path_factory):
+    """Tests never read the machine's dataset folders or the user's caches: HOME, the XDG cache
+    and ctgep's search path point into a fresh temporary folder. ($CTGEP_DATA_DIR stays: the
+    tests that use real MNIST read it on purpose; the others clear it themselves.)"""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("CTGEP_DATA_PATH", str(home / "datasets"))
+    monkeypatch.setenv("MPLCONFIGDIR", _MPLCONFIGDIR)
 
 
 @pytest.fixture

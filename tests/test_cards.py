@@ -7,7 +7,7 @@ import pytest
 
 import ctgep
 from ctgep._experiment.cards import Card, CardError, builtin_cards, load_card
-from ctgep._experiment.train import build_solver
+from ctgep import build_solver
 
 MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
 

@@ -1,4 +1,4 @@
-"""The train / resume / evaluate CLI: help, a real run, and one-line errors for bad input."""
+"""The CLI: help, a real run, one-line errors for bad input, and the exit statuses."""
 
 import hashlib
 import json
@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import ctgep
 from ctgep._cli import main
 from ctgep._experiment.data import FILES, write_idx
 
@@ -29,9 +30,9 @@ def _snapshot(folder):
             for p in sorted(pathlib.Path(folder).rglob("*")) if p.is_file()}
 
 
-def _one_line_error(capsys, rc):
+def _one_line_error(capsys, rc, code=2):
     err = capsys.readouterr().err.strip()
-    assert rc != 0
+    assert rc == code, err
     assert err.startswith("ctgep: error:") and "\n" not in err and "Traceback" not in err, err
     return err
 
@@ -79,8 +80,8 @@ def _fake_mnist(folder, shape=(28, 28)):
 
 @pytest.mark.parametrize("case", [
     "missing card", "malformed card", "unknown set key", "unknown dataset", "missing data",
-    "truncated idx", "input size mismatch", "zero beta", "negative learning rate", "nan",
-    "out exists",
+    "data-dir typo", "truncated idx", "input size mismatch", "zero beta", "negative learning rate",
+    "negative epochs", "nan", "out exists",
 ])
 def test_bad_input_gives_one_line_and_leaves_runs_alone(case, tmp_path, capsys, run_dir):
     before = _snapshot(run_dir)
@@ -95,10 +96,15 @@ def test_bad_input_gives_one_line_and_leaves_runs_alone(case, tmp_path, capsys, 
     elif case == "unknown dataset":
         argv, words = ["train", "--set", "data.dataset=cifar", *out], ["data.dataset", "cifar"]
     elif case == "missing data":
+        (tmp_path / "nodata").mkdir()
         argv = ["train", "--set", "data.dataset=mnist", "--set", "data.download=false",
                 "--set", "model.sizes=[784, 10]", "--set", "learning.learning_rates=[0.1]",
                 "--data-dir", str(tmp_path / "nodata"), *out]
         words = [str(tmp_path / "nodata"), "--data-dir", "CTGEP_DATA_DIR"]
+    elif case == "data-dir typo":  # downloading is on: still no folder made, no download tried
+        argv = ["train", "--set", "data.dataset=mnist", "--set", "model.sizes=[784, 10]",
+                "--set", "learning.learning_rates=[0.1]", "--data-dir", str(tmp_path / "mnsit"), *out]
+        words = [str(tmp_path / "mnsit"), "does not exist"]
     elif case == "truncated idx":
         _fake_mnist(tmp_path / "mnist")
         p = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
@@ -113,27 +119,79 @@ def test_bad_input_gives_one_line_and_leaves_runs_alone(case, tmp_path, capsys, 
         argv, words = ["train", "--set", "learning.beta=0", *out], ["learning.beta"]
     elif case == "negative learning rate":
         argv, words = ["train", "--set", "learning.learning_rates=[0.1, -1]", *out], ["learning_rates[1]"]
+    elif case == "negative epochs":
+        argv, words = ["train", "--epochs", "-1", *out], ["--epochs"]
     elif case == "nan":
         argv = ["train", *TINY, "--set", "model.activation=tanh", "--set",
                 "learning.learning_rates=[1e30, 1e30]", "--set", "training.progress_every=1", *out]
         words = ["NaN", "last good checkpoint"]
     else:
         argv, words = ["train", *TINY, "--out", str(run_dir), "-q"], ["already exists", "resume"]
-    err = _one_line_error(capsys, main(argv))
+    err = _one_line_error(capsys, main(argv), 1 if case == "nan" else 2)
     for w in words:
         assert w in err
     assert _snapshot(run_dir) == before
     if case not in ("nan",):
         assert not (tmp_path / "new").exists()
+    assert not (tmp_path / "mnsit").exists() and not (tmp_path / "cache").exists()
 
 
 def test_resume_and_evaluate_errors(tmp_path, capsys, run_dir):
     before = _snapshot(run_dir)
-    _one_line_error(capsys, main(["resume", str(tmp_path)]))
+    assert "not a ctgep run directory" in _one_line_error(capsys, main(["resume", str(tmp_path)]))
     _one_line_error(capsys, main(["evaluate", str(tmp_path / "missing")]))
     _one_line_error(capsys, main(["evaluate", str(run_dir), "--split", "val"]))
     _one_line_error(capsys, main(["evaluate", str(run_dir), "--t-free", "-1"]))
     assert _snapshot(run_dir) == before
+
+
+def test_check_and_record_errors(tmp_path, capsys):
+    """`ctgep check` and `ctgep record` report bad input the same way (one line, status 2)."""
+    assert "not found" in _one_line_error(capsys, main(["check", "--card", str(tmp_path / "nope.toml"),
+                                                        "--out", str(tmp_path / "c")]))
+    assert "not a ctgep run directory" in _one_line_error(
+        capsys, main(["check", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "c")]))
+    assert "--samples" in _one_line_error(capsys, main(["record", "--samples", "0", "--out", str(tmp_path / "r")]))
+    assert "--sizes" in _one_line_error(capsys, main(["record", "--sizes", "64,x", "--out", str(tmp_path / "r")]))
+    assert "not both" in _one_line_error(capsys, main(["record", str(tmp_path), "--checkpoint", str(tmp_path),
+                                                       "--out", str(tmp_path / "r")]))
+    assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("error, code", [
+    (ctgep.CardError("card 'x': learning.beta=0 must be positive"), 2),
+    (ctgep.DataError("mnist files not found"), 2),
+    (ctgep.UsageError("--split='x' is unknown"), 2),
+    (ctgep.RunDirError("--out x already exists"), 2),
+    (ctgep.TrainingError("the parameters became NaN"), 1),
+    (ctgep.ConvergenceError("the free phase did not settle\nwithin t_max"), 1),
+    (PermissionError(13, "Permission denied", "/runs/x"), 1),
+    (KeyboardInterrupt(), 130),
+])
+def test_every_error_reaches_the_user_in_one_place(error, code, monkeypatch, capsys):
+    """`main` turns ctgep's errors into one line and an exit status: 2 bad input, 1 failed work."""
+    from ctgep._experiment import loop
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(loop, "train", fail)
+    assert main(["train", "-q"]) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    if code == 130:
+        assert err == "ctgep: interrupted"
+    else:
+        words = ["Permission denied", "/runs/x"] if isinstance(error, OSError) else str(error).split()
+        assert err.startswith("ctgep: error: ") and all(w in err for w in words)
+
+
+def test_the_error_hierarchy():
+    for cls in (ctgep.CardError, ctgep.DataError, ctgep.UsageError):
+        assert issubclass(cls, ctgep.CtgepError) and issubclass(cls, ValueError) and cls.exit_code == 2
+    for cls in (ctgep.TrainingError, ctgep.ConvergenceError):
+        assert issubclass(cls, ctgep.CtgepError) and issubclass(cls, RuntimeError) and cls.exit_code == 1
+    assert issubclass(ctgep.RunDirError, ctgep.TrainingError) and ctgep.RunDirError.exit_code == 2
 
 
 def test_console_exit_status_and_stderr():

@@ -119,12 +119,48 @@ def test_truncated_idx_in_a_dataset(tmp_path):
 
 
 def test_missing_files_message_says_where_and_how(tmp_path):
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as e:
-        load_dataset("fashion-mnist", data_dir=tmp_path / "empty", download=False)
+        load_dataset("fashion-mnist", data_dir=tmp_path / "empty", download=False,
+                     search_path=[tmp_path / "system"])
     msg = str(e.value)
-    assert str(tmp_path / "empty") in msg and "/usr/share/datasets/fashion-mnist" in msg
+    assert str(tmp_path / "empty") in msg and str(tmp_path / "system" / "fashion-mnist") in msg
+    assert str(tmp_path / "cache" / "ctgep" / "fashion-mnist") in msg
     assert "--data-dir" in msg and "CTGEP_DATA_DIR" in msg and "http" in msg
     assert "\n" not in msg
+    assert "/usr/share/datasets" not in msg  # the tests never look at the machine's folders
+
+
+def test_search_path_argument_environment_and_default(tmp_path, monkeypatch):
+    """`<root>/<name>` for each root: the argument, else $CTGEP_DATA_PATH, else Debian's folder."""
+    arrays, sums = _fake_mnist(tmp_path / "b" / "mnist")
+    monkeypatch.setitem(_data.CHECKSUMS, "mnist", sums)
+    roots = [tmp_path / "a", tmp_path / "b"]
+    assert load_dataset("mnist", download=False, search_path=roots).source == str(tmp_path / "b" / "mnist")
+    monkeypatch.setenv("CTGEP_DATA_PATH", os.pathsep.join(map(str, roots)))
+    assert load_dataset("mnist", download=False).source == str(tmp_path / "b" / "mnist")
+    assert _data.search_path() == roots
+    with pytest.raises(DataError, match="not found"):  # the argument replaces the variable
+        load_dataset("mnist", download=False, search_path=[tmp_path / "a"])
+    monkeypatch.setenv("CTGEP_DATA_PATH", "")
+    assert _data.search_path() == []
+    monkeypatch.delenv("CTGEP_DATA_PATH")
+    assert _data.search_path() == [pathlib.Path("/usr/share/datasets")]
+
+
+def test_a_mistyped_data_dir_is_an_error_not_a_new_folder(tmp_path, monkeypatch):
+    def no_download(*args):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(_data, "_download", no_download)
+    for download in (True, False):
+        with pytest.raises(DataError, match="does not exist") as e:
+            load_dataset("mnist", data_dir=tmp_path / "mnsit", download=download)
+        assert "\n" not in str(e.value) and str(tmp_path / "mnsit") in str(e.value)
+        assert not (tmp_path / "mnsit").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match="not a folder"):
+        load_dataset("mnist", data_dir=tmp_path / "file")
 
 
 @contextlib.contextmanager
@@ -150,11 +186,13 @@ def test_download_from_a_local_http_server(tmp_path, monkeypatch):
     with _serve(tmp_path / "site") as url:
         monkeypatch.setitem(_data.BASE_URLS, "mnist", url)
         target = tmp_path / "downloaded"
+        target.mkdir()
         d = load_dataset("mnist", data_dir=target, download=True)
         assert sorted(p.name for p in target.iterdir()) == sorted(s + ".gz" for s in FILES.values())
         np.testing.assert_array_equal(d.y_train, arrays["train_labels"])
         # A download that does not match the published digest is refused and not kept.
         monkeypatch.setitem(_data.CHECKSUMS, "mnist", dict(sums, **{"t10k-images-idx3-ubyte.gz": ("f" * 32,)}))
+        (tmp_path / "bad").mkdir()
         with pytest.raises(DataError, match="md5"):
             load_dataset("mnist", data_dir=tmp_path / "bad", download=True)
         assert not (tmp_path / "bad" / "t10k-images-idx3-ubyte.gz").exists()
@@ -163,11 +201,34 @@ def test_download_from_a_local_http_server(tmp_path, monkeypatch):
         # Into the cache when no folder is given.
         d2 = load_dataset("mnist", download=True)
         assert pathlib.Path(d2.source) == tmp_path / "cache" / "ctgep" / "mnist"
-    # Nothing listens any more: a clear one-line message, no half-made folder.
+    # Nothing listens any more: a clear one-line message, no half-made folder, and the given
+    # folder left as it was.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    (tmp_path / "offline").mkdir()
     with pytest.raises(DataError, match="downloading into .* failed"):
         load_dataset("mnist", data_dir=tmp_path / "offline", download=True)
-    assert not (tmp_path / "offline").exists()
+    assert (tmp_path / "offline").is_dir() and not list((tmp_path / "offline").iterdir())
+    # Into the cache: a failed download leaves no ctgep/ folder (nor the cache it created).
+    with pytest.raises(DataError, match="downloading into .* failed"):
+        load_dataset("mnist", download=True)
+    assert not (tmp_path / "empty-cache").exists()
+    (tmp_path / "empty-cache").mkdir()
+    with pytest.raises(DataError, match="downloading into .* failed"):
+        load_dataset("mnist", download=True)
+    assert list((tmp_path / "empty-cache").iterdir()) == []
+
+
+def test_finding_the_files_creates_no_cache_folder(tmp_path, monkeypatch):
+    """A run that does not download leaves ~/.cache/ctgep alone (found elsewhere, or not at all)."""
+    _, sums = _fake_mnist(tmp_path / "data")
+    monkeypatch.setitem(_data.CHECKSUMS, "mnist", sums)
+    monkeypatch.setenv("CTGEP_DATA_DIR", str(tmp_path / "data"))
+    load_dataset("mnist")
+    load_dataset("digits")
+    monkeypatch.delenv("CTGEP_DATA_DIR")
+    with pytest.raises(DataError):
+        load_dataset("mnist", download=False)
+    assert not (tmp_path / "cache").exists()
 
 
 _REAL_DIR = os.environ.get("CTGEP_DATA_DIR")  # read before the fixture hides it

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 import ctgep
-from ctgep._experiment import train as _train
-from ctgep._experiment.data import load_dataset
+from ctgep import load_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMING = {"wall_time", "examples_per_s"}
@@ -27,15 +26,17 @@ SMALL = ["model.sizes=[64, 24, 16, 10]", "learning.learning_rates=[0.2, 0.1, 0.0
 
 
 @pytest.fixture
-def small_data(monkeypatch):
-    """A 240/100 slice of digits so that an epoch is 12 batches."""
+def small_data():
+    """A 240/100 slice of digits so that an epoch is 12 batches (injected: `data=small_data`)."""
     d = load_dataset("digits")
     import dataclasses
 
-    small = dataclasses.replace(d, x_train=d.x_train[:240], y_train=d.y_train[:240],
-                                x_test=d.x_test[:100], y_test=d.y_test[:100])
-    monkeypatch.setattr(_train, "_load_data", lambda card, data_dir=None: small)
-    return small
+    return dataclasses.replace(d, x_train=d.x_train[:240], y_train=d.y_train[:240],
+                               x_test=d.x_test[:100], y_test=d.y_test[:100])
+
+
+def _params(net):
+    return eqx.filter(net, eqx.is_inexact_array)
 
 
 def _leaves(net):
@@ -57,9 +58,10 @@ def _without_timing(rows):
 
 
 def test_run_directory_contents_and_reproducibility(small_data, tmp_path):
-    quiet = dict(progress=False, log=lambda *a: None)
-    a = ctgep.train("digits", tmp_path / "a", overrides=SMALL, **quiet)
-    b = ctgep.train("digits", tmp_path / "b", overrides=SMALL, **quiet)
+    quiet = dict(progress=False, log=lambda *a: None, data=small_data)
+    step = ctgep.build_training_step(ctgep.load_card("digits", SMALL), 12)  # compiled once, used twice
+    a = ctgep.train("digits", tmp_path / "a", overrides=SMALL, step=step, **quiet)
+    b = ctgep.train("digits", tmp_path / "b", overrides=SMALL, step=step, **quiet)
     for name in ("card.toml", "metrics.csv", "summary.json", "training.png"):
         assert (tmp_path / "a" / name).is_file()
     assert (tmp_path / "a" / "training.png").read_bytes()[:4] == b"\x89PNG"
@@ -83,14 +85,55 @@ def test_run_directory_contents_and_reproducibility(small_data, tmp_path):
     assert ckpts == sorted(["best.json", "latest.json",
                             json.loads((tmp_path / "a/checkpoints/best.json").read_text())["params_file"],
                             json.loads((tmp_path / "a/checkpoints/latest.json").read_text())["params_file"]])
-    ev = ctgep.evaluate(tmp_path / "a", which="latest")
+    ev = ctgep.evaluate(tmp_path / "a", which="latest", data=small_data)
     assert ev["error"] == pytest.approx(a.metrics.test_error.values[-1])
+    # A step compiled for another configuration is refused.
+    with pytest.raises(ctgep.UsageError, match="another card"):
+        ctgep.train("digits", tmp_path / "d", overrides=SMALL + ["learning.beta=0.25"], step=step, **quiet)
+
+
+def test_train_returns_the_run_it_wrote(small_data, tmp_path):
+    """`train` and `resume` return from memory exactly what `load_run` reads back."""
+    quiet = dict(progress=False, log=lambda *a: None, data=small_data)
+
+    def same(run, back):
+        assert run.path == back.path and run.card == back.card and run.summary == back.summary
+        assert run.checkpoint == back.checkpoint and _same_params(run.net, back.net)
+        assert run.metrics.identical(back.metrics)
+
+    run = ctgep.train("digits", tmp_path / "r", overrides=SMALL, **quiet)
+    assert run.checkpoint["tag"] == "best" and run.checkpoint["epoch"] == run.summary["best"]["epoch"]
+    same(run, ctgep.load_run(tmp_path / "r"))
+    same(ctgep.resume(tmp_path / "r", epochs=3, **quiet), ctgep.load_run(tmp_path / "r"))
+    same(ctgep.resume(tmp_path / "r", **quiet), ctgep.load_run(tmp_path / "r"))  # nothing left to do
+    empty = ctgep.train("digits", tmp_path / "e", overrides=SMALL, epochs=0, **quiet)
+    assert empty.checkpoint["tag"] == "latest" and empty.metrics.sizes["epoch"] == 0
+    same(empty, ctgep.load_run(tmp_path / "e"))
+
+
+def test_an_injected_dataset_is_used_as_given(tmp_path):
+    """Any `ctgep.Dataset` trains: its name goes to the summary, the card's cuts still apply."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (60, 6)).astype(np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int32)
+    toy = ctgep.Dataset("toy", x[:40], y[:40], x[40:], y[40:], n_classes=2)
+    over = ["model.sizes=[6, 8, 2]", "learning.learning_rates=[0.2, 0.1]", "training.epochs=2",
+            "training.batch_size=10", "data.max_test=15"]
+    run = ctgep.train("digits", tmp_path / "toy", overrides=over, data=toy, progress=False, log=lambda *a: None)
+    assert run.summary["dataset"] == "toy" and run.summary["n_train"] == 40 and run.summary["n_test"] == 15
+    assert ctgep.evaluate(tmp_path / "toy", which="latest", data=toy)["n"] == 15
+    with pytest.raises(ctgep.CardError, match="6 features"):
+        ctgep.train("digits", tmp_path / "bad", data=toy, progress=False, log=lambda *a: None)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ctgep.UsageError, match="not both"):
+        ctgep.train("digits", tmp_path / "both", overrides=over, data=toy, data_dir=tmp_path)
 
 
 def test_per_layer_learning_rates_reach_their_layers(small_data, tmp_path):
     over = SMALL + ["learning.learning_rates=[0.5, 1e-20, 1e-20]", "training.epochs=1"]
-    run = ctgep.train("digits", tmp_path / "r", overrides=over, progress=False, log=lambda *a: None)
-    init = _train.build_network(run.card, jr.split(jr.key(run.card.training.seed), 3)[0])
+    run = ctgep.train("digits", tmp_path / "r", overrides=over, data=small_data, progress=False,
+                      log=lambda *a: None)
+    init = ctgep.initial_network(run.card)
     # Layer 1 owns Wf_1 (input → 1), Wb_1 (2 → 1) and b_1; the others barely move.
     assert not np.array_equal(run.net.Wf[0], init.Wf[0]) and not np.array_equal(run.net.Wb[0], init.Wb[0])
     for a, b in [(run.net.Wf[1], init.Wf[1]), (run.net.b[1], init.b[1]), (run.net.Wf[2], init.Wf[2]),
@@ -102,9 +145,9 @@ def test_weight_decay_shrinks_weights_not_biases():
     """With sgd, `learning.weight_decay` adds α·wd·W to each step's change of Wf and Wb only."""
     card = ctgep.load_card("digits", overrides=["model.sizes=[64, 24, 10]", "learning.learning_rates=[0.2, 0.1]",
                                                 "learning.weight_decay=0.5"])
-    net = _train.build_network(card, jr.key(0))
-    opt = _train.build_optimizer(card)
-    params = _train._params(net)
+    net = ctgep.build_network(card, jr.key(0))
+    opt = ctgep.build_optimizer(card)
+    params = _params(net)
     zero = jax.tree_util.tree_map(jnp.zeros_like, params)
     updates, _ = opt.update(zero, opt.init(params), params)
     np.testing.assert_allclose(updates.Wf[0], -0.2 * 0.5 * net.Wf[0], rtol=1e-6)
@@ -119,12 +162,12 @@ def test_evaluation_horizon_t_eval(small_data, tmp_path):
     """`phases.t_eval` sets the prediction's free-phase horizon apart from training's `t_free`."""
     quiet = dict(progress=False, log=lambda *a: None)
     over = SMALL + ["training.epochs=1", "phases.stop_at_steady_state=false"]
-    run = ctgep.train("digits", tmp_path / "a", overrides=over + ["phases.t_eval=1"], **quiet)
-    short = ctgep.evaluate(tmp_path / "a", which="latest")
+    run = ctgep.train("digits", tmp_path / "a", overrides=over + ["phases.t_eval=1"], data=small_data, **quiet)
+    short = ctgep.evaluate(tmp_path / "a", which="latest", data=small_data)
     assert short["t_free"] == 1 and short["error"] == pytest.approx(run.metrics.test_error.values[-1])
-    long = ctgep.evaluate(tmp_path / "a", which="latest", t_free=10)
+    long = ctgep.evaluate(tmp_path / "a", which="latest", t_free=10, data=small_data)
     card10 = ctgep.load_card(tmp_path / "a" / "card.toml", overrides=["phases.t_eval=0"])
-    assert long["error"] == pytest.approx(_train.error_rate(run.net, small_data.x_test, small_data.y_test, card10))
+    assert long["error"] == pytest.approx(ctgep.error_rate(run.net, small_data.x_test, small_data.y_test, card10))
     assert long["error"] != short["error"]
     with pytest.raises(ctgep.CardError, match="phases.t_eval"):
         ctgep.load_card("digits", overrides=["phases.t_eval=-1"])
@@ -143,7 +186,7 @@ def test_alignment_cosine_and_trace():
 
 
 def test_resume_at_an_epoch_boundary_matches_one_run(small_data, tmp_path):
-    quiet = dict(progress=False, log=lambda *a: None)
+    quiet = dict(progress=False, log=lambda *a: None, data=small_data)
     whole = ctgep.train("digits", tmp_path / "whole", overrides=SMALL, **quiet)
     ctgep.train("digits", tmp_path / "part", overrides=SMALL, epochs=1, **quiet)
     resumed = ctgep.resume(tmp_path / "part", epochs=2, **quiet)
@@ -157,16 +200,18 @@ def test_existing_run_directory_is_refused_untouched(small_data, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(ctgep.TrainingError, match="already exists"):
-        ctgep.train("digits", out, overrides=SMALL, progress=False, log=lambda *a: None)
+    with pytest.raises(ctgep.RunDirError, match="already exists"):
+        ctgep.train("digits", out, overrides=SMALL, data=small_data, progress=False, log=lambda *a: None)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(small_data, tmp_path):
     over = SMALL + ["model.activation=tanh", "learning.learning_rates=[1e30, 1e30, 1e30]",
                     "training.checkpoint_every=1", "training.progress_every=1"]
-    with pytest.raises(ctgep.TrainingError, match="NaN"):
-        ctgep.train("digits", tmp_path / "nan", overrides=over, progress=False, log=lambda *a: None)
+    with pytest.raises(ctgep.TrainingError, match="NaN") as e:
+        ctgep.train("digits", tmp_path / "nan", overrides=over, data=small_data, progress=False,
+                    log=lambda *a: None)
+    assert e.value.exit_code == 1 and not isinstance(e.value, ctgep.RunDirError)
     run = ctgep.load_run(tmp_path / "nan", "latest")
     assert all(np.isfinite(a).all() for a in _leaves(run.net))
     assert not list((tmp_path / "nan" / "checkpoints").glob("*.tmp"))
@@ -279,19 +324,14 @@ def test_warm_start_saves_free_steps_and_resumes_exactly(tmp_path):
     assert ctgep.evaluate(tmp_path / "warm-True", which="latest")["error"] == ev["error"]
 
 
-def test_a_silent_output_unit_is_counted_and_reported(small_data, tmp_path, monkeypatch):
+def test_a_silent_output_unit_is_counted_and_reported(tmp_path):
     """An output unit held below −β sits on the clip bound 0 under both nudges: it gets no update
     and its class is never predicted. The epoch row counts it and the log says which unit."""
-    build = _train.build_network
-
-    def with_a_dead_unit(card, key):
-        net = build(card, key)
-        return eqx.tree_at(lambda n: n.b[-1], net, net.b[-1].at[3].set(-100.0))
-
-    monkeypatch.setattr(_train, "build_network", with_a_dead_unit)
+    card = ctgep.load_card("digits", overrides=["training.epochs=2"])
+    net = ctgep.initial_network(card)
+    with_a_dead_unit = eqx.tree_at(lambda n: n.b[-1], net, net.b[-1].at[3].set(-100.0))
     lines = []
-    run = ctgep.train("digits", tmp_path / "dead", overrides=["training.epochs=2"], progress=False,
-                      log=lines.append)
+    run = ctgep.train(card, tmp_path / "dead", net=with_a_dead_unit, progress=False, log=lines.append)
     warnings = [line for line in lines if line.startswith("warning: output unit(s) ")]
     assert len(warnings) == 2 and "of epoch 2:" in warnings[1]
     for line, count in zip(warnings, run.metrics.silent_outputs.values, strict=True):
@@ -333,11 +373,9 @@ def test_shift_epochs_train_the_last_epochs_on_plain_images():
     perm = jnp.arange(40, dtype=jnp.int32)
 
     def step(card, **kw):
-        optimizer = _train.build_optimizer(card, 2)
-        train_step = _train._make_steps(card, optimizer)[0]
-        net = _train.build_network(card, jr.key(0))
-        accum = _train._zero_accum(card.model.sizes[-1])
-        out = train_step(net, optimizer.init(_train._params(net)), accum, x, y, perm, np.int32(0),
+        step = ctgep.build_training_step(card, 2)
+        net = ctgep.build_network(card, jr.key(0))
+        out = step.train(net, step.init_optimizer(net), step.zero_stats(), x, y, perm, np.int32(0),
                          np.int32(3), jr.key(1), np.float32(card.learning.beta), **kw)
         return jax.tree_util.tree_leaves(eqx.filter(out[0], eqx.is_array))
 

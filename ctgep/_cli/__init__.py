@@ -23,11 +23,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
 def main(argv=None) -> int:
+    """Run the `ctgep` command; returns its exit status.
+
+    Every error reaches the user here, as one line ``ctgep: error: <message>`` on stderr: a
+    :class:`ctgep.CtgepError` exits with its `exit_code` (2: bad arguments, card, data or run
+    directory; 1: the work failed, e.g. training diverged or a phase did not settle), an
+    operating-system error (disk full, permission denied) with 1, an interrupt with 130.
+    Usage errors argparse finds itself exit with 2 and its usage message.
+    """
+    from .._errors import CtgepError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except CtgepError as e:
+        print(f"ctgep: error: {_one_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        message = f"{e.strerror or e}: {e.filename}" if e.filename else e
+        print(f"ctgep: error: {_one_line(message)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("ctgep: interrupted", file=sys.stderr)
         return 130

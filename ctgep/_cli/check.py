@@ -35,21 +35,15 @@ def _network(args):
     import jax.random as jr
 
     if args.card is not None:
-        from .._experiment.cards import CardError, load_card
-        from .._experiment.train import build_network
+        from .._experiment.build import build_network
+        from .._experiment.cards import load_card
 
-        try:
-            card = load_card(args.card)
-        except CardError as e:
-            raise SystemExit(f"ctgep check: {e}")
+        card = load_card(args.card)
         return build_network(card, jr.PRNGKey(args.seed)), f"card {args.card!r}"
     if args.checkpoint is not None:
-        from .._experiment.train import TrainingError, load_run
+        from .._experiment.rundir import load_run
 
-        try:
-            run = load_run(args.checkpoint, args.which)
-        except (TrainingError, OSError, ValueError) as e:
-            raise SystemExit(f"ctgep check: --checkpoint {args.checkpoint!r}: {e}")
+        run = load_run(args.checkpoint, args.which)
         return run.net, f"run {args.checkpoint!r} ({args.which})"
     return None, "random (5, 6, 6, 3) sigmoid network"
 

@@ -1,12 +1,12 @@
 """`ctgep train`, `ctgep resume` and `ctgep evaluate`.
 
-User errors (bad card, missing data, diverging training …) end with a one-line message on
-stderr and exit status 2 (bad input) or 1 (training failed), never with a traceback.
+Errors (bad card, missing data, diverging training …) propagate as :class:`ctgep.CtgepError`
+to `ctgep._cli.main`, which prints them as one line (exit status 2: bad input, 1: training
+failed), never as a traceback.
 """
 
 import argparse
 import json
-import sys
 
 _EPILOG_TRAIN = """\
 examples:
@@ -14,16 +14,18 @@ examples:
   ctgep train models/mnist_784-512-512-10.toml --data-dir ~/data/mnist --epochs 5
   ctgep train --set learning.beta=0.5 --set model.sizes=[64,128,128,10] --out runs/deep
 
-data: MNIST-like files are searched in --data-dir, $CTGEP_DATA_DIR, /usr/share/datasets/<name>
-and ~/.cache/ctgep/<name>, then downloaded there if data.download = true.
+data: MNIST-like files are searched in --data-dir (which must exist), $CTGEP_DATA_DIR,
+<root>/<name> for each root of $CTGEP_DATA_PATH (default /usr/share/datasets) and
+~/.cache/ctgep/<name>, then downloaded into --data-dir or the cache if data.download = true.
 """
 
 
 def _common_data(p):
     p.add_argument("--data-dir", metavar="DIR", default=None,
-                   help="folder holding the IDX files (or a <dataset>/ sub-folder with them); "
-                        "default: the card's data.data_dir, then $CTGEP_DATA_DIR, "
-                        "/usr/share/datasets/<dataset>, ~/.cache/ctgep/<dataset>")
+                   help="existing folder holding the IDX files (or a <dataset>/ sub-folder with "
+                        "them); default: the card's data.data_dir, then $CTGEP_DATA_DIR, "
+                        "<root>/<dataset> for each root of $CTGEP_DATA_PATH (default "
+                        "/usr/share/datasets), ~/.cache/ctgep/<dataset>")
 
 
 def _common_progress(p):
@@ -81,47 +83,19 @@ def register(subparsers) -> None:
     p.set_defaults(func=_evaluate)
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"ctgep: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return code
-
-
-def _guarded(run):
-    from .._experiment.cards import CardError
-    from .._experiment.data import DataError
-    from .._experiment.train import TrainingError
-
-    try:
-        return run()
-    except (CardError, DataError) as e:
-        return _fail(e, 2)
-    except TrainingError as e:
-        return _fail(e, 1)
-    except OSError as e:
-        return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else e, 1)
-
-
 def _train(args) -> int:
-    def run():
-        from .._experiment.train import train
+    from .._experiment.loop import train
 
-        r = train(args.card, args.out, overrides=args.overrides, epochs=args.epochs,
-                  data_dir=args.data_dir, progress=not args.quiet)
-        _report(r)
-        return 0
-
-    return _guarded(run)
+    _report(train(args.card, args.out, overrides=args.overrides, epochs=args.epochs,
+                  data_dir=args.data_dir, progress=not args.quiet))
+    return 0
 
 
 def _resume(args) -> int:
-    def run():
-        from .._experiment.train import resume
+    from .._experiment.loop import resume
 
-        r = resume(args.run_dir, epochs=args.epochs, data_dir=args.data_dir, progress=not args.quiet)
-        _report(r)
-        return 0
-
-    return _guarded(run)
+    _report(resume(args.run_dir, epochs=args.epochs, data_dir=args.data_dir, progress=not args.quiet))
+    return 0
 
 
 def _report(run) -> None:
@@ -134,17 +108,14 @@ def _report(run) -> None:
 
 
 def _evaluate(args) -> int:
-    def run():
-        from .._experiment.train import evaluate
+    from .._experiment.loop import evaluate
 
-        r = evaluate(args.run_dir, which=args.checkpoint, data_dir=args.data_dir, split=args.split,
-                     t_free=args.t_free)
-        if args.json:
-            print(json.dumps(r))
-        else:
-            print(f"{r['run']} [{r['checkpoint']} checkpoint, after epoch {r['epoch']}]: "
-                  f"{r['split']} error {100 * r['error']:.2f}% ({r['n']} examples, t_free {r['t_free']:g}), "
-                  f"accuracy {100 * r['accuracy']:.2f}%")
-        return 0
-
-    return _guarded(run)
+    r = evaluate(args.run_dir, which=args.checkpoint, data_dir=args.data_dir, split=args.split,
+                 t_free=args.t_free)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"{r['run']} [{r['checkpoint']} checkpoint, after epoch {r['epoch']}]: "
+              f"{r['split']} error {100 * r['error']:.2f}% ({r['n']} examples, t_free {r['t_free']:g}), "
+              f"accuracy {100 * r['accuracy']:.2f}%")
+    return 0

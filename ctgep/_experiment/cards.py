@@ -15,13 +15,12 @@ import tomllib
 import typing
 
 from .._dynamics.activations import ACTIVATIONS
+from .._errors import CardError
 from .._experiment.data import DATASETS, _ALIASES
 from .._learning.rules import NUDGINGS, RULES
 from .._simulation.solvers import SOLVERS
 
-
-class CardError(ValueError):
-    """A model card is missing, malformed or inconsistent; the message names the key."""
+__all__ = ["Card", "CardError", "builtin_cards", "card_from_dict", "load_card", "validate"]
 
 
 @dataclasses.dataclass
@@ -101,7 +100,7 @@ class DataSection:
     """Dataset and where its files are."""
 
     dataset: str = "digits"
-    data_dir: str = ""  # empty: --data-dir, $CTGEP_DATA_DIR, Debian's folder, the cache
+    data_dir: str = ""  # empty: --data-dir, $CTGEP_DATA_DIR, the search path, the cache
     validation: float = 0.0  # fraction of the training set held out for model selection
     download: bool = True
     verify: bool = True

@@ -2,11 +2,19 @@
 
 Every dataset comes back as a :class:`Dataset` of float32 inputs scaled to [0, 1] and integer
 labels, with a fixed train/test split and an optional validation split carved from the training
-set. MNIST-like files are looked for, in order, in ``data_dir`` (argument), ``$CTGEP_DATA_DIR``,
-Debian's ``/usr/share/datasets/<name>`` and the user cache ``~/.cache/ctgep/<name>`` (each
-directory either holding the four files or a ``<name>/`` sub-folder with them); when none has
-them and ``download=True`` they are fetched from the official mirror into the first writable
-place. Compressed files are checked against the published md5 digests.
+set. MNIST-like files are looked for, in order, in
+
+1. ``data_dir`` (argument; it must exist), then ``$CTGEP_DATA_DIR`` — each either holding the
+   four files or a ``<name>/`` sub-folder with them;
+2. ``<root>/<name>`` for each root of the search path: the ``search_path`` argument, else
+   ``$CTGEP_DATA_PATH`` (folders separated by ``os.pathsep``; empty: none), else
+   :data:`DEFAULT_SEARCH_PATH` (Debian's ``/usr/share/datasets``);
+3. the user cache ``$XDG_CACHE_HOME/ctgep/<name>`` (default ``~/.cache/ctgep/<name>``).
+
+When none has them and ``download=True`` they are fetched from the official mirror into
+``data_dir`` when given (an existing folder: a typo is an error, never a new folder), else into
+the cache, which is created only then (and removed again if the download fails). Compressed
+files are checked against the published md5 digests.
 """
 
 import dataclasses
@@ -22,9 +30,10 @@ import zlib
 
 import numpy as np
 
+from .._errors import DataError
 
-class DataError(ValueError):
-    """A dataset cannot be found, downloaded or read; the message says why and what to do."""
+__all__ = ["DATASETS", "DEFAULT_SEARCH_PATH", "DataError", "Dataset", "load_dataset", "read_idx",
+           "search_path", "write_idx"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +91,8 @@ BASE_URLS = {
 DATASETS = ("digits", "mnist", "fashion-mnist")
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
 DOWNLOAD_TIMEOUT = 30.0
+#: System folders searched for ``<root>/<name>`` when neither `search_path` nor $CTGEP_DATA_PATH is set.
+DEFAULT_SEARCH_PATH = ("/usr/share/datasets",)
 
 
 def _canonical(name: str) -> str:
@@ -150,7 +161,18 @@ def _find_file(folder: pathlib.Path, stem: str):
     return None
 
 
-def _candidate_dirs(name: str, data_dir) -> list[pathlib.Path]:
+def search_path(search_path=None) -> list[pathlib.Path]:
+    """The roots searched for ``<root>/<name>``: `search_path`, else ``$CTGEP_DATA_PATH``
+    (``os.pathsep``-separated; set but empty: none), else :data:`DEFAULT_SEARCH_PATH`."""
+    if search_path is None:
+        env = os.environ.get("CTGEP_DATA_PATH")
+        search_path = DEFAULT_SEARCH_PATH if env is None else [p for p in env.split(os.pathsep) if p]
+    elif isinstance(search_path, (str, os.PathLike)):
+        search_path = [search_path]
+    return [pathlib.Path(p).expanduser() for p in search_path]
+
+
+def _candidate_dirs(name: str, data_dir, search=None) -> list[pathlib.Path]:
     roots = []
     if data_dir:
         roots.append(pathlib.Path(data_dir).expanduser())
@@ -160,7 +182,7 @@ def _candidate_dirs(name: str, data_dir) -> list[pathlib.Path]:
     dirs = []
     for r in roots:
         dirs += [r, r / name]
-    dirs.append(pathlib.Path("/usr/share/datasets") / name)
+    dirs += [r / name for r in search_path(search)]
     dirs.append(_cache_dir(name))
     return dirs
 
@@ -171,9 +193,8 @@ def _cache_dir(name: str) -> pathlib.Path:
 
 
 def _download(name: str, folder: pathlib.Path) -> None:
-    """Fetch the four official `.gz` files into `folder` (atomically, checksums verified)."""
+    """Fetch the four official `.gz` files into the existing `folder` (atomically, checksums verified)."""
     base = BASE_URLS[name]
-    folder.mkdir(parents=True, exist_ok=True)
     for stem in FILES.values():
         target = folder / (stem + ".gz")
         if target.is_file():
@@ -201,8 +222,20 @@ def _verify(name: str, path: pathlib.Path, filename: str) -> None:
                         f"official {name} file, delete it and fetch it again")
 
 
-def _locate(name: str, data_dir, download: bool) -> pathlib.Path:
-    dirs = _candidate_dirs(name, data_dir)
+def _missing_folders(folder: pathlib.Path) -> list[pathlib.Path]:
+    """`folder` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _locate(name: str, data_dir, download: bool, search=None) -> pathlib.Path:
+    if data_dir and not pathlib.Path(data_dir).expanduser().is_dir():
+        raise DataError(f"data folder {str(data_dir)!r} does not exist (or is not a folder); check "
+                        "--data-dir / data.data_dir, or create the folder to download into it")
+    dirs = _candidate_dirs(name, data_dir, search)
     for d in dirs:
         if all(_find_file(d, stem) for stem in FILES.values()):
             return d
@@ -211,25 +244,28 @@ def _locate(name: str, data_dir, download: bool) -> pathlib.Path:
            + ", then pass --data-dir DIR or set CTGEP_DATA_DIR")
     if download:
         target = pathlib.Path(data_dir).expanduser() if data_dir else _cache_dir(name)
+        created = _missing_folders(target)
         try:
+            target.mkdir(parents=True, exist_ok=True)
             _download(name, target)
             return target
-        except DataError:
-            raise
-        except (OSError, urllib.error.URLError, ValueError) as e:
+        except BaseException as e:
+            for folder in created:  # only the folders this attempt made, if it left them empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            if isinstance(e, DataError) or not isinstance(e, (OSError, urllib.error.URLError, ValueError)):
+                raise
             reason = getattr(e, "reason", e)
-            try:
-                target.rmdir()  # only if the failed attempt left it empty
-            except OSError:
-                pass
             raise DataError(f"{name} files not found (looked in {', '.join(map(str, dirs))}) "
                             f"and downloading into {target} failed ({reason}); {how}") from None
     raise DataError(f"{name} files {[s + '.gz' for s in FILES.values()]} not found (looked in "
                     f"{', '.join(map(str, dirs))}); {how} (downloading is off: data.download = false)")
 
 
-def _load_idx_dataset(name: str, data_dir, download: bool, verify: bool):
-    folder = _locate(name, data_dir, download)
+def _load_idx_dataset(name: str, data_dir, download: bool, verify: bool, search=None):
+    folder = _locate(name, data_dir, download, search)
     arrays = {}
     for key, stem in FILES.items():
         path = _find_file(folder, stem)
@@ -272,12 +308,15 @@ def load_dataset(
     seed: int = 0,
     download: bool = True,
     verify: bool = True,
+    search_path=None,
 ) -> Dataset:
     """Load `name` ("digits", "mnist" or "fashion-mnist") as a :class:`Dataset`.
 
     `validation`: fraction of the training set held out (chosen with `seed`) as `x_val/y_val`.
     `download`: fetch the official files when they are found nowhere. `verify`: check the md5
-    digests of compressed files. Raises :class:`DataError` with a one-line explanation.
+    digests of compressed files. `search_path`: the folders searched for ``<root>/<name>`` after
+    `data_dir` and $CTGEP_DATA_DIR (default: $CTGEP_DATA_PATH, else :data:`DEFAULT_SEARCH_PATH`;
+    see the module's docstring). Raises :class:`DataError` with a one-line explanation.
     """
     key = _canonical(name)
     if not 0.0 <= float(validation) < 1.0:
@@ -285,7 +324,7 @@ def load_dataset(
     if key == "digits":
         x_tr, y_tr, x_te, y_te, source = _load_digits()
     else:
-        x_tr, y_tr, x_te, y_te, source = _load_idx_dataset(key, data_dir, download, verify)
+        x_tr, y_tr, x_te, y_te, source = _load_idx_dataset(key, data_dir, download, verify, search_path)
     x_val = y_val = None
     if validation > 0:
         n_val = max(1, int(round(validation * len(y_tr))))

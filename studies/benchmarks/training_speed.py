@@ -46,7 +46,6 @@ import jax.numpy as jnp
 
 import ctgep
 from _timing import best_time
-from ctgep._experiment import train as _train
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CARD = ROOT / "models" / "mnist_784-512-512-10.toml"
@@ -117,18 +116,12 @@ def main():
         card = ctgep.load_card(CARD).with_overrides(SETTINGS[name] + [f"training.batch_size={batch}",
             f"data.max_train={args.examples}", "data.max_test=1", f"training.epochs={args.epochs}",
             "training.checkpoint_every=0"])
-        data = _train._load_data(card, args.data_dir)
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = _train._Trainer(card, data, pathlib.Path(tmp), progress=False, log=lambda *a: None)
-            net, opt_state = trainer.fresh()
-            if start_net is not None:  # a fresh copy for each setting
-                net = jax.tree_util.tree_map(jnp.copy, start_net)
-                opt_state = trainer.optimizer.init(_train._params(net))
-            particles = trainer.fresh_particles(net)
-            meta = trainer._meta(0, 0, 0, _train._zero_accum(card.model.sizes[-1]), 0.0, [], None)
-            (pathlib.Path(tmp) / "checkpoints").mkdir()
-            net, history = trainer.run(net, opt_state, meta, particles)
-        last = history[-1]
+            # From a fresh copy of the start network for each setting (fresh optimiser state).
+            start = None if start_net is None else jax.tree_util.tree_map(jnp.copy, start_net)
+            run = ctgep.train(card, tmp, data_dir=args.data_dir, net=start, progress=False,
+                              log=lambda *a: None)
+        net, last = run.net, run.summary["final"]
         per_ex = 1.0 / last["examples_per_s"]
         evals = last["free_steps"] + last["nudged_steps"]
         alone = products_alone(net, card.training.batch_size, evals) / card.training.batch_size

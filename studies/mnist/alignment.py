@@ -20,7 +20,7 @@ import pathlib
 import numpy as np
 
 import ctgep
-from ctgep._experiment.train import initial_network
+from ctgep import initial_network
 
 HERE = pathlib.Path(__file__).resolve().parent
 

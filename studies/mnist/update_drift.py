@@ -22,8 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ctgep
-from ctgep._dynamics.activations import get_activation
-from ctgep._experiment.train import build_solver, initial_network
+from ctgep import build_solver, get_activation, initial_network
 
 
 def main():

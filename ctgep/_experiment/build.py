@@ -1,0 +1,278 @@
+"""Building blocks from a model card: the network, solver, optimiser and the compiled steps.
+
+:func:`build_training_step` compiles a card's train step and evaluation step once into a
+:class:`TrainingStep` that the caller holds and reuses (other seeds of the same configuration,
+a resume in the same process, evaluations): no module-level cache. The train step runs the free
+phase, the nudged phase(s) and the EP update (:func:`ctgep.ep_step`), feeds the negated update
+to optax (per-layer learning rates through ``optax.multi_transform``) and accumulates the
+epoch's statistics on the device, so that the host only synchronises when it reads them.
+"""
+
+import dataclasses
+import json
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+
+from .._dynamics.networks import LayeredNetwork
+from .._learning.rules import as_gradient, ep_step
+from .._simulation.phases import free_phase
+from .._simulation.solvers import Euler, get_solver
+from .augment import shift_images
+from .cards import Card
+
+__all__ = ["TrainingStep", "build_network", "build_optimizer", "build_solver", "build_training_step",
+           "error_rate", "initial_network", "run_keys"]
+
+# The statistics one epoch accumulates on the device (sums over its minibatches).
+STATS = ("batches", "examples", "errors", "cost", "free_steps", "free_time", "nudged_steps",
+         "nudged_time", "free_nonconverged", "nudged_nonconverged", "nonfinite")
+# Per output unit: how many training examples of the epoch left it off its lower clip bound in
+# the free phase. A unit at 0 for every example is "silent": its class is never predicted, and
+# while its drive stays below −β neither nudge lifts it, so only its inputs' learning can revive
+# it. Early in training this can pass; a unit silent epoch after epoch is lost.
+ACTIVE = "active_outputs"
+
+
+# ----------------------------------------------------------------------------------------------
+# Network, solver, optimiser
+
+
+def build_network(card: Card, key) -> LayeredNetwork:
+    """The card's network, initialised from `key`."""
+    fb = card.model.feedback
+    feedback = fb if fb in ("random", "transpose") else float(fb)
+    return LayeredNetwork(card.model.sizes, card.model.activation, key=key, feedback=feedback)
+
+
+def run_keys(card: Card):
+    """The run's initialisation, data-order and EP-step keys, all derived from its seed."""
+    return jr.split(jr.key(card.training.seed), 3)
+
+
+def initial_network(card: Card) -> LayeredNetwork:
+    """The network a run of `card` starts from (same seed, same draw as `ctgep train`)."""
+    return build_network(card, run_keys(card)[0])
+
+
+def build_solver(card: Card):
+    """The phase solver the card names (Euler with its step and options, or an adaptive one)."""
+    p = card.phases
+    if p.solver == "euler":
+        return Euler(dt=float(p.dt), precondition=bool(p.precondition), alternate=bool(p.alternate))
+    return get_solver(p.solver)
+
+
+def _param_labels(params):
+    n = len(params.Wf)
+    return eqx.tree_at(
+        lambda m: (m.Wf, m.Wb, m.b), params,
+        (tuple(f"layer{i + 1}" for i in range(n)),
+         tuple(f"layer{i + 1}" for i in range(len(params.Wb))),
+         tuple(f"layer{i + 1}" for i in range(n))),
+    )
+
+
+def _weights_only(params):
+    """Mask of the matrices (Wf, Wb) among the parameters: weight decay spares the biases."""
+    return jax.tree_util.tree_map(lambda a: a.ndim == 2, params)
+
+
+def build_optimizer(card: Card, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+    """Per-layer learning rates `α_l` (Wf_l, Wb_l and b_l of layer l share `α_l`).
+
+    With `learning.schedule = "cosine"` each rate decays over `epochs × steps_per_epoch` steps
+    to `final_fraction` of its value; `learning.weight_decay` adds `wd · W` to the descent
+    direction of every weight matrix before the optimiser.
+    """
+    l = card.learning
+    total = max(card.training.epochs * steps_per_epoch, 1)
+
+    def one(lr):
+        if l.schedule == "cosine":
+            lr = optax.cosine_decay_schedule(lr, total, alpha=l.final_fraction)
+        if l.optimizer == "sgd":
+            opt = optax.sgd(lr)
+        elif l.optimizer == "momentum":
+            opt = optax.sgd(lr, momentum=l.momentum)
+        else:
+            opt = optax.adam(lr)
+        if l.weight_decay:
+            opt = optax.chain(optax.add_decayed_weights(float(l.weight_decay), mask=_weights_only), opt)
+        return opt
+
+    transforms = {f"layer{i + 1}": one(float(lr)) for i, lr in enumerate(l.learning_rates)}
+    return optax.multi_transform(transforms, _param_labels)
+
+
+def trainable(net):
+    """The trainable parameters of `net` (its inexact arrays), as the optimiser sees them."""
+    return eqx.filter(net, eqx.is_inexact_array)
+
+
+# ----------------------------------------------------------------------------------------------
+# The compiled steps
+
+
+def _step_config(card: Card, steps_per_epoch: int) -> str:
+    """Everything the compiled steps depend on: equal strings, interchangeable steps."""
+    t = card.training
+    return json.dumps([dataclasses.asdict(card.model), dataclasses.asdict(card.phases),
+                       dataclasses.asdict(card.learning), t.batch_size, card.data.shift, steps_per_epoch,
+                       t.epochs if card.learning.schedule != "constant" else None])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainingStep:
+    """A card's compiled train and evaluation steps and its optimiser; build it once, reuse it.
+
+    `train(net, opt_state, stats, x_all, y_all, perm, batch, step, key, beta, s_rows=None,
+    augment=True) -> (net, opt_state, stats, free_rows)` trains on minibatch `batch` of the
+    permutation `perm` of `(x_all, y_all)` (the step's key is `fold_in(key, step)`), adding its
+    figures to `stats` (see :meth:`zero_stats`). `s_rows` are the warm-start states of the
+    minibatch (`free_rows` their update, else None); `augment` switches `data.shift` off without
+    a recompile. `evaluate(net, x, labels, mask)` counts the masked errors of one batch.
+    """
+
+    card: Card
+    steps_per_epoch: int
+    optimizer: optax.GradientTransformation
+    train: Callable
+    evaluate: Callable
+    config: str
+
+    def fits(self, card: Card, steps_per_epoch: int) -> bool:
+        """Whether this step computes what `card`'s would (same model, phases, learning ...)."""
+        return self.config == _step_config(card, steps_per_epoch)
+
+    def init_optimizer(self, net):
+        """The optimiser state of `net`'s trainable parameters."""
+        return self.optimizer.init(trainable(net))
+
+    def zero_stats(self) -> dict:
+        """The statistics of an epoch before its first step (host arrays)."""
+        return zero_stats(self.card.model.sizes[-1])
+
+    def error_rate(self, net, x, labels) -> float:
+        """Fraction of `x` misclassified at the free fixed point (see :func:`error_rate`)."""
+        return error_rate(net, x, labels, self.card, self)
+
+
+def zero_stats(n_out: int) -> dict:
+    return {**{k: np.zeros((), np.float32) for k in STATS}, ACTIVE: np.zeros((n_out,), np.float32)}
+
+
+def build_training_step(card: Card, steps_per_epoch: int = 1) -> TrainingStep:
+    """Compile `card`'s train step (optimiser scheduled over `steps_per_epoch`) and eval step.
+
+    Python floats of the card stay static. The steps compile at their first call; keep the
+    returned object to reuse the compiled code (e.g. pass it to :func:`ctgep.train` as `step`).
+    """
+    optimizer = build_optimizer(card, steps_per_epoch)
+    solver = build_solver(card)
+    p, l = card.phases, card.learning
+    common = dict(solver=solver, tol=float(p.tol), stop_at_steady_state=bool(p.stop_at_steady_state))
+    n_out = card.model.sizes[-1]
+    bs = card.training.batch_size
+    shift = int(card.data.shift)
+
+    def train_step(net, opt_state, accum, x_all, y_all, perm, batch, step, key, beta, s_rows=None,
+                   augment=True):
+        idx = jax.lax.dynamic_slice_in_dim(perm, batch * bs, bs)
+        x, labels = x_all[idx], y_all[idx]
+        step_key = jr.fold_in(key, step)
+        if shift:  # `augment` (traced) turns the shift off in the last epochs without a recompile
+            x = jnp.where(augment, shift_images(jr.fold_in(step_key, 1), x, shift), x)
+        y = jax.nn.one_hot(labels, n_out, dtype=x.dtype)
+        s_init = None if s_rows is None else _unflatten_state(s_rows, card.model.sizes)
+        r = ep_step(net, x, y, beta=beta, rule=l.rule, nudging=l.nudging, key=step_key,
+                    t_free=float(p.t_free), t_nudged=float(p.t_nudged), s_init=s_init,
+                    eta=float(l.eta) if l.rule == "continual" else None, policy="flag", **common)
+        free_rows = None if s_rows is None else jnp.concatenate(r.free.state, axis=-1)
+        grads = as_gradient(r.update)
+        updates, opt_state = optimizer.update(grads, opt_state, trainable(net))
+        new = eqx.apply_updates(net, updates)
+        # One sum per leaf is cheaper than an elementwise all(isfinite); NaN and ±inf propagate.
+        finite = jnp.isfinite(sum(jnp.sum(a) for a in jax.tree_util.tree_leaves(trainable(new))))
+        pred = jnp.argmax(net.output(r.free.state), axis=-1)
+        f = jnp.float32
+        stats = {
+            "batches": f(1), "examples": f(bs),
+            "errors": jnp.sum(pred != labels).astype(f),
+            "cost": jnp.sum(net.cost(r.free.state, y)).astype(f),
+            "free_steps": r.free.steps[0].astype(f), "free_time": r.free.t_stop[0].astype(f),
+            "nudged_steps": sum(n.steps[0] for n in r.nudged).astype(f) / len(r.nudged),
+            "nudged_time": sum(n.t_stop[0] for n in r.nudged).astype(f) / len(r.nudged),
+            "free_nonconverged": jnp.sum(~r.free.converged).astype(f),
+            "nudged_nonconverged": sum(jnp.sum(~n.converged) for n in r.nudged).astype(f) / len(r.nudged),
+            "nonfinite": (~finite).astype(f),
+            ACTIVE: _active_outputs(net, r.free.state).astype(f),
+        }
+        accum = {k: accum[k] + stats[k] for k in accum}
+        return new, opt_state, accum, free_rows
+
+    # No argument is donated. Donating the parameters and optimiser state (updating them in
+    # place) made the step 1.5x slower on both cores of the 2-core Xeon, 0.88 against 0.58 ms
+    # per example (studies/benchmarks/training_speed.py), with seven times as many context
+    # switches: apparently the host thread then waits for the previous step's buffers and the
+    # relaxation's products lose a core. Hence also the host-side particle store (the loop's).
+    train_step = jax.jit(train_step)
+
+    @eqx.filter_jit
+    def eval_step(net, x, labels, mask):
+        r = free_phase(net, x, t_max=float(p.prediction_horizon), policy="flag", **common)
+        pred = jnp.argmax(net.output(r.state), axis=-1)
+        return jnp.sum((pred != labels) & mask)
+
+    return TrainingStep(card, int(steps_per_epoch), optimizer, train_step, eval_step,
+                        _step_config(card, steps_per_epoch))
+
+
+def _unflatten_state(rows, sizes):
+    """Rows `(batch, Σ sizes[1:])` of the particle store as the state tuple `(batch, n_l)`."""
+    return tuple(jnp.split(rows, np.cumsum(sizes[1:-1]).tolist(), axis=-1))
+
+
+@eqx.filter_jit
+def permutation(key, epoch, n: int):
+    """The data order of `epoch`: a permutation of `n` drawn from `fold_in(key, epoch)`."""
+    return jr.permutation(jr.fold_in(key, epoch), n).astype(jnp.int32)
+
+
+def _active_outputs(net, state):
+    """Per output unit, the number of samples whose free state is above the lower clip bound."""
+    out = net.output(state)
+    bounds = getattr(net, "state_bounds", None)
+    if bounds is None:  # an unbounded activation: no unit is ever stuck on a bound
+        return jnp.full(out.shape[-1], out.shape[0])
+    return jnp.sum(out > bounds[0], axis=0)
+
+
+def silent_outputs(stats) -> np.ndarray:
+    """Indices of the output units that no training example of the epoch lifted off the bound."""
+    return np.flatnonzero(np.asarray(stats[ACTIVE]) == 0)
+
+
+def error_rate(net, x, labels, card: Card, step: TrainingStep | None = None) -> float:
+    """Fraction of `x` misclassified at the free fixed point, in fixed-size padded batches.
+
+    `step`: the card's :class:`TrainingStep`, to reuse its compiled evaluation (else one is built).
+    """
+    eval_step = (step if step is not None else build_training_step(card)).evaluate
+    n = len(labels)
+    if n == 0:
+        return float("nan")
+    bs = min(card.training.eval_batch_size, n)
+    n_batches = -(-n // bs)
+    pad = n_batches * bs - n
+    x = np.concatenate([np.asarray(x, np.float32), np.zeros((pad, x.shape[1]), np.float32)])
+    labels = np.concatenate([np.asarray(labels, np.int32), np.zeros((pad,), np.int32)])
+    mask = np.arange(n_batches * bs) < n
+    errors = [eval_step(net, x[i * bs:(i + 1) * bs], labels[i * bs:(i + 1) * bs],
+                        mask[i * bs:(i + 1) * bs]) for i in range(n_batches)]
+    return float(sum(int(e) for e in errors)) / n
