@@ -1,0 +1,136 @@
+"""One simulator: solvers own their step, recording observes the same integrator, and every
+sample says why its phase ended (RESULTS codes)."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import ctgep
+
+
+class Heun(ctgep.AbstractStepper):
+    """A user's own solver: the explicit trapezoid rule, written against the public interface only."""
+
+    dt: float = 0.25
+
+    def step(self, problem, prepared, params, s, mu):
+        pred = tuple(a + self.dt * m for a, m in zip(s, mu))
+        mu2 = problem.field(params, pred)
+        half = lambda v: tuple(0.5 * self.dt * m for m in v)
+        s_next = tuple(a + b + c for a, b, c in zip(s, half(mu), half(mu2)))
+        return s_next, [(s, half(mu)), (pred, half(mu2))]
+
+
+@pytest.fixture
+def small(x64):
+    net = ctgep.LayeredNetwork((5, 7, 6, 3), "sigmoid", key=jr.PRNGKey(0), dtype=jnp.float64)
+    x = jr.uniform(jr.PRNGKey(1), (4, 5), jnp.float64)
+    y = jax.nn.one_hot(jnp.arange(4) % 3, 3, dtype=jnp.float64)
+    return net, x, y
+
+
+def test_a_user_solver_runs_the_free_phase_to_the_same_fixed_point(small):
+    net, x, _ = small
+    mine = ctgep.free_phase(net, x, solver=Heun(), t_max=200.0, tol=1e-10)
+    ref = ctgep.free_phase(net, x, solver=ctgep.Adaptive(rtol=1e-10, atol=1e-12), t_max=200.0, tol=1e-10)
+    assert bool(mine.converged.all()) and mine.residual_kind == "raw"
+    for a, b in zip(mine.state, ref.state):
+        np.testing.assert_allclose(a, b, atol=1e-8)
+
+
+def test_a_user_solver_drives_the_learning_rules(small):
+    """ep_step's integrated rule through the user's solver agrees with the endpoint rule to O(β)."""
+    net, x, y = small
+    kw = dict(beta=1e-3, solver=Heun(), t_free=200.0, t_nudged=200.0, tol=1e-12)
+    integrated = ctgep.ep_update(net, x, y, rule="integrated", **kw)
+    endpoint = ctgep.ep_update(net, x, y, rule="endpoint", **kw)
+    assert float(ctgep.gradients.relative_error(integrated, endpoint)) < 5e-3
+
+
+def test_a_user_solver_is_recorded_and_the_record_ends_at_the_phase_result(small):
+    net, x, y = small
+    solver = Heun()
+    ds = ctgep.record(net, x, y, beta=0.1, solver=solver, t_free=20.0, t_nudged=10.0, sampling=4)
+    free = ctgep.free_phase(net, x, solver=solver, t_max=20.0)
+    nudged = ctgep.nudged_phase(net, x, y, free, beta=0.1, solver=solver, t_max=10.0)
+    for phase, r in (("free", free), ("nudged", nudged)):
+        flat = np.concatenate([np.asarray(a) for a in r.state], axis=-1)
+        np.testing.assert_array_equal(ds.final_state.sel(phase=phase).values, flat)
+        np.testing.assert_array_equal(ds.final_residual.sel(phase=phase).values, np.asarray(r.residual))
+    assert ctgep.record_settings(ds)["solver"]["kind"] == "heun"
+
+
+@pytest.mark.parametrize("solver", [ctgep.Euler(dt=0.5), ctgep.Euler(dt=1.0, precondition=True, alternate=True),
+                                    ctgep.Adaptive()])
+def test_recorded_final_states_are_the_phase_results(small, solver):
+    net, x, y = small
+    ds = ctgep.record(net, x, y, beta=0.5, solver=solver, t_free=30.0, t_nudged=15.0)
+    step = ctgep.ep_step(net, x, y, beta=0.5, solver=solver, t_free=30.0, t_nudged=15.0)
+    for phase, r in (("free", step.free), ("nudged", step.nudged[0])):
+        flat = np.concatenate([np.asarray(a) for a in r.state], axis=-1)
+        np.testing.assert_array_equal(ds.final_state.sel(phase=phase).values, flat)
+
+
+# --------------------------------------------------------------------------- result codes
+
+
+def test_a_sample_that_settled_is_converged_even_when_the_batch_ran_out_of_steps(small):
+    """The batch is one ODE: its step budget is shared, the verdict is per sample."""
+    net, x, _ = small
+    settled = ctgep.free_phase(net, x, solver=ctgep.Adaptive(rtol=1e-10, atol=1e-12), tol=1e-12, t_max=400.0)
+    s_init = tuple(a.at[1:].set(0.0) for a in settled.state)  # sample 0 at its fixed point, others at zero
+    r = ctgep.free_phase(net, x, solver=ctgep.Adaptive(max_steps=3), s_init=s_init, tol=1e-6)
+    codes = np.asarray(r.code)
+    assert codes[0] == ctgep.RESULTS.converged
+    assert np.all(codes[1:] == ctgep.RESULTS.max_steps_reached)
+
+
+def test_a_short_horizon_is_named(small):
+    net, x, _ = small
+    r = ctgep.free_phase(net, x, solver="euler", t_max=1.0)
+    assert np.all(np.asarray(r.code) == ctgep.RESULTS.horizon_reached)
+    with pytest.warns(RuntimeWarning, match=r"4 sample\(s\) reached the horizon t_max"):
+        jax.block_until_ready(ctgep.free_phase(net, x, solver="euler", t_max=1.0, policy="warn").state)
+        jax.effects_barrier()
+
+
+def test_a_nonfinite_sample_is_flagged_alone_inside_jit(small):
+    net, x, _ = small
+    s_init = tuple(a.at[2].set(jnp.nan) for a in net.init_state(x))
+    r = eqx.filter_jit(lambda n, xx, s: ctgep.free_phase(n, xx, solver="euler", t_max=60.0, s_init=s))(net, x, s_init)
+    codes = np.asarray(r.code)
+    assert codes[2] == ctgep.RESULTS.nonfinite_state
+    assert np.all(codes[[0, 1, 3]] == ctgep.RESULTS.converged)
+
+
+def test_nonfinite_inputs_are_refused_with_their_rows(small):
+    net, x, y = small
+    with pytest.raises(ValueError, match=r"x has non-finite values in 1 sample\(s\): rows 2"):
+        ctgep.free_phase(net, x.at[2, 0].set(jnp.inf))
+    free = ctgep.free_phase(net, x)
+    with pytest.raises(ValueError, match=r"y has non-finite values in 2 sample\(s\): rows 0, 3"):
+        ctgep.nudged_phase(net, x, y.at[0, 0].set(jnp.nan).at[3, 1].set(jnp.nan), free, beta=0.5)
+
+
+def test_raise_leads_with_ctgeps_own_line(small):
+    net, x, _ = small
+    with pytest.raises(Exception, match=r"ctgep: the free phase did not converge: .*horizon_reached"):
+        jax.block_until_ready(ctgep.free_phase(net, x, solver="euler", t_max=1.0, policy="raise").state)
+
+
+def test_the_clipped_scheme_names_its_residual(small):
+    net, x, _ = small
+    hard = ctgep.LayeredNetwork((5, 7, 6, 3), "hard_sigmoid", key=jr.PRNGKey(0), dtype=jnp.float64)
+    assert ctgep.free_phase(hard, x, solver="euler").residual_kind == "projected"
+    assert ctgep.free_phase(hard, x, solver=ctgep.Euler(clip=False)).residual_kind == "raw"
+    assert ctgep.free_phase(net, x, solver="tsit5").residual_kind == "raw"
+
+
+def test_every_solver_describes_itself():
+    assert ctgep.Euler(dt=1.0, precondition=True).describe() == {
+        "kind": "euler", "dt": 1.0, "clip": True, "precondition": True, "alternate": False}
+    assert ctgep.Adaptive(diffrax.Dopri5()).describe()["solver"] == "Dopri5"
