@@ -1,12 +1,13 @@
 """Record the free and nudged phases' trajectories into an `xarray.Dataset`.
 
-`record` runs the same two phases as :func:`ctgep.free_phase` and :func:`ctgep.nudged_phase`
-(`synapses="integrate"` for the nudged one) and stores, at the sampling times, only what the
-monitors ask for: the chosen samples × neurons, per-sample residuals, per-layer summaries and
+`record` is an observer of the one phase integrator (`run_phase`, the code behind
+:func:`ctgep.free_phase` and :func:`ctgep.nudged_phase`, `synapses="integrate"` for the nudged
+phase): its monitors (:mod:`.monitors`) ride along as an :class:`ctgep.Observer`, so the recorded
+final states are the phase results by construction. It stores, at the sampling times, only what
+the monitors ask for: the chosen samples × neurons, per-sample residuals, per-layer summaries and
 per-parameter synapse-increment norms (plus full increments of the parameters named in
-`increments`). Buffers are allocated for the recorded quantities only: the Euler loop writes
-every n-th step into preallocated arrays, the adaptive path hands a `SubSaveAt(fn=...)` to
-diffrax, so the memory grows with what is recorded, never with the full state per step.
+`increments`). A fixed-step solver writes into preallocated buffers, an adaptive one hands a
+`SubSaveAt(fn=...)` to diffrax, so memory grows with what is recorded, never with the steps.
 
 Dataset layout (see :func:`record` for the variables)::
 
@@ -14,14 +15,12 @@ Dataset layout (see :func:`record` for the variables)::
     coords  neuron → layer, unit;  (phase, time) → t;  sample → label, prediction
 """
 
-import dataclasses
 import datetime
 import json
 import math
 import platform
 from typing import Any
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -32,157 +31,18 @@ from .._dynamics import field as F
 from .._dynamics.networks import AbstractDynamics
 from .._simulation.phases import check_common, check_state, check_targets, concrete_float, run_phase
 from .._simulation.problem import Observer
+from .monitors import (
+    MonitorSpec,
+    monitor,
+    param_layer,
+    param_names,
+    resolve_layers,
+    resolve_sampling,
+    resolve_samples,
+    resolve_units,
+)
 
 PHASES = ("free", "nudged")
-DEFAULT_GRID_POINTS = 201
-
-
-# ----------------------------------------------------------------------------- monitors
-
-
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    """What to record (hashable: it is a static argument of the jitted runners)."""
-
-    samples: tuple[int, ...]
-    units: tuple[tuple[int, tuple[int, ...]], ...]  # (layer index 1..L, units) per monitored layer
-    increments: tuple[int, ...]  # leaf indices of the parameters recorded in full
-    every: int  # record every n-th step (0: fixed grid)
-    grid: tuple[float, ...] | None  # grid times of this phase (≤ its horizon)
-
-
-def _param_names(params) -> list[str]:
-    """`Wf_0`, `Wb_1`, `b_2` … for each inexact array leaf of the network."""
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    names = []
-    for path, _ in leaves:
-        s = jax.tree_util.keystr(path).lstrip(".")
-        names.append(s.replace("[", "_").replace("]", "").replace(".", "_"))
-    return names
-
-
-def _param_layer(name: str) -> int:
-    """The layer a parameter feeds (tuple index + 1 for the shipped networks), or −1."""
-    tail = name.rsplit("_", 1)
-    return int(tail[1]) + 1 if len(tail) == 2 and tail[1].isdigit() else -1
-
-
-def _resolve_layers(layers, widths) -> list[int]:
-    n = len(widths)
-    if layers is None:
-        return list(range(1, n + 1))
-    if isinstance(layers, (int, np.integer)):
-        layers = [layers]
-    out = []
-    for l in layers:
-        if not isinstance(l, (int, np.integer)) or isinstance(l, bool):
-            raise ValueError(f"layers: {l!r} is not a layer index")
-        li = int(l) + n + 1 if l < 0 else int(l)
-        if not 1 <= li <= n:
-            raise ValueError(
-                f"layers: unknown layer index {l}; the network's dynamic layers are 1..{n} "
-                "(0 is the clamped input, −1 the output)"
-            )
-        if li not in out:
-            out.append(li)
-    return sorted(out)
-
-
-def _resolve_units(neurons, layers, widths, explicit_layers=None) -> tuple[tuple[int, tuple[int, ...]], ...]:
-    def pick(spec, layer):
-        width = widths[layer - 1]
-        if spec is None:
-            return tuple(range(width))
-        if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
-            if spec < 1:
-                raise ValueError(f"neurons={spec!r} must be a positive count")
-            return tuple(range(min(int(spec), width)))
-        idx = np.asarray(spec)
-        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"neurons: {spec!r} must be a count or a non-empty list of indices")
-        bad = idx[(idx < 0) | (idx >= width)]
-        if bad.size:
-            raise ValueError(
-                f"neurons: index {int(bad[0])} out of range for layer {layer} of width {width}"
-            )
-        return tuple(int(i) for i in dict.fromkeys(idx.tolist()))
-
-    if isinstance(neurons, dict):
-        keys = _resolve_layers(list(neurons), widths)
-        spec = {k: neurons[orig] for k, orig in zip(keys, neurons)}
-        chosen = sorted(keys) if explicit_layers is None else layers
-        missing = [k for k in keys if k not in chosen]
-        if missing:
-            raise ValueError(f"neurons: layer {missing[0]} is not among the recorded layers {chosen}")
-        return tuple((l, pick(spec.get(l), l)) for l in chosen)
-    return tuple((l, pick(neurons, l)) for l in layers)
-
-
-def _resolve_samples(samples, batch) -> tuple[int, ...]:
-    if samples is None:
-        return tuple(range(batch))
-    if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool):
-        if samples < 1:
-            raise ValueError(f"samples={samples!r} must be a positive count")
-        return tuple(range(min(int(samples), batch)))
-    idx = np.asarray(samples)
-    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f"samples: {samples!r} must be a count or a non-empty list of indices")
-    bad = idx[(idx < 0) | (idx >= batch)]
-    if bad.size:
-        raise ValueError(f"samples: index {int(bad[0])} out of range for a batch of {batch}")
-    return tuple(int(i) for i in dict.fromkeys(idx.tolist()))
-
-
-def _resolve_sampling(sampling, horizon, dt=None):
-    """→ (every, grid): `every` > 0 for step sampling, or a sorted grid of times."""
-    if sampling is None or (isinstance(sampling, str) and sampling == "grid"):
-        points = DEFAULT_GRID_POINTS
-        if dt is not None:  # the Euler scheme cannot sample finer than its step
-            points = max(min(points, int(math.floor(horizon / dt + 1e-9)) + 1), 2)
-        return 0, np.linspace(0.0, horizon, points)
-    if isinstance(sampling, str):
-        if sampling == "steps":
-            return 1, None
-        raise ValueError(
-            f"sampling={sampling!r} must be 'grid', 'steps', a step stride n ≥ 1 or an array of times"
-        )
-    if isinstance(sampling, (int, np.integer)) and not isinstance(sampling, bool):
-        if sampling < 1:
-            raise ValueError(f"sampling={sampling!r}: a step stride must be ≥ 1")
-        return int(sampling), None
-    grid = np.asarray(sampling, dtype=float)
-    if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0) or np.any(
-        np.diff(grid) <= 0
-    ):
-        raise ValueError("sampling: a time grid must be a non-empty, strictly increasing 1-D array of times ≥ 0")
-    if grid[0] > horizon:
-        raise ValueError(f"sampling: the time grid starts at {grid[0]} after both phases' horizons ({horizon})")
-    return 0, grid
-
-
-def _monitor(spec: _Spec, nudged: bool, beta, s_ref, widths):
-    """`(s, mu, acc) → dict` of what one record holds (for the chosen samples only)."""
-    rows = jnp.asarray(spec.samples)
-
-    def pick(s):
-        return jnp.concatenate([s[l - 1][rows][:, jnp.asarray(u)] for l, u in spec.units], axis=-1)
-
-    def fn(s, mu, acc):
-        out = {"state": pick(s), "residual": F.residual(mu)[rows]}
-        if nudged:
-            err = tuple((a - b) / beta for a, b in zip(s, s_ref))
-            out["error"] = pick(err)
-            out["error_magnitude"] = jnp.stack(
-                [jnp.sqrt(jnp.mean(e[rows] ** 2, axis=-1)) for e in err], axis=-1
-            )
-            leaves = jax.tree_util.tree_leaves(acc)
-            out["synapse_norm"] = jnp.stack([jnp.sqrt(jnp.sum((a / beta) ** 2)) for a in leaves])
-            for i in spec.increments:
-                out[f"inc{i}"] = leaves[i] / beta
-        return out
-
-    return fn
 
 
 # ----------------------------------------------------------------------------- runner
@@ -191,8 +51,8 @@ def _monitor(spec: _Spec, nudged: bool, beta, s_ref, widths):
 @eqx.filter_jit
 def _record_phase(net, x, y, s_init, beta, solver, t_max, tol, stop, nudged, spec, widths):
     """One phase run by the simulator itself, with the monitors as its observer."""
-    monitor = _monitor(spec, nudged, beta, s_init, widths)
-    observer = Observer(lambda t, s, mu, acc: monitor(s, mu, acc), every=spec.every, ts=spec.grid)
+    extract = monitor(spec, nudged, beta, s_init, widths)
+    observer = Observer(lambda t, s, mu, acc: extract(s, mu, acc), every=spec.every, ts=spec.grid)
     synapses = "integrate" if nudged else "none"
     result, out = run_phase(net, x, y, s_init, beta, solver, t_max, tol, stop, synapses, None, observer)
     return result, out.record_ts, out.records
@@ -279,17 +139,17 @@ def record(
 
     widths = tuple(int(a.shape[-1]) for a in jax.tree_util.tree_leaves(jax.eval_shape(net.init_state, x)))
     batch = int(x.shape[0])
-    chosen_layers = _resolve_layers(layers, widths)
-    units = _resolve_units(neurons, chosen_layers, widths, layers)
-    rows = _resolve_samples(samples, batch)
+    chosen_layers = resolve_layers(layers, widths)
+    units = resolve_units(neurons, chosen_layers, widths, layers)
+    rows = resolve_samples(samples, batch)
     horizon = max(float(t_free), float(t_nudged))
     step = solver.time_resolution
-    every, grid = _resolve_sampling(sampling, horizon, step)
+    every, grid = resolve_sampling(sampling, horizon, step)
     if grid is not None and step is not None and grid.size > 1 and np.min(np.diff(grid)) < step * (1 - 1e-9):
         raise ValueError(f"sampling: grid spacing {np.min(np.diff(grid)):g} is finer than the solver's step dt={step}")
 
     params, _ = F.partition(net)
-    names = _param_names(params)
+    names = param_names(params)
     leaves = jax.tree_util.tree_leaves(params)
     if increments is None:
         inc = ()
@@ -309,7 +169,7 @@ def record(
         g = None if grid is None else tuple(float(t) for t in grid if t <= t_max * (1 + 1e-12))
         if g is not None and not g:
             g = (0.0,)
-        return _Spec(rows, units, inc, every, g)
+        return MonitorSpec(rows, units, inc, every, g)
 
     stop = bool(stop_at_steady_state)
     free, ts_f, rec_f = _record_phase(
@@ -414,7 +274,7 @@ def record(
         "unit": ("neuron", unit_of),
         "layers": np.arange(1, len(widths) + 1, dtype=np.int64),
         "param": np.array(names),
-        "param_layer": ("param", np.array([_param_layer(n) for n in names], dtype=np.int64)),
+        "param_layer": ("param", np.array([param_layer(n) for n in names], dtype=np.int64)),
     }
     sampling_attr = {"kind": "steps", "every": every} if grid is None else {"kind": "grid", "points": int(len(grid))}
     attrs = {
