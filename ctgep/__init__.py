@@ -74,3 +74,4 @@ from ._experiment.loop import (
 from . import gradients as gradients
 
 __version__ = "0.1.0"
+from . import stability as stability
