@@ -244,7 +244,7 @@ def test_cli_record(tmp_path, capsys):
     assert "error arrival time" in capsys.readouterr().out
     assert main(argv[:-2] + ["--layers", "7", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ctgep record: error: layers: unknown layer index 7") and "\n" not in err
+    assert err.startswith("ctgep: error: layers: unknown layer index 7") and "\n" not in err
     assert main(["record", "--sizes", "64,6,5,10", "--precondition", "--out", str(tmp_path / "r2")]) == 2
     assert "--precondition scales the Euler step" in capsys.readouterr().err
     assert main(["record", "--sizes", "64,6,5,10", "--alternate", "--out", str(tmp_path / "r3")]) == 2

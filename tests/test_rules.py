@@ -12,7 +12,7 @@ import pytest
 import ctgep
 
 TIGHT = ctgep.Adaptive(diffrax.Tsit5(), rtol=1e-10, atol=1e-12)
-PHASES = dict(solver=TIGHT, tol=1e-10)
+PHASES = dict(solver=TIGHT, tol=1e-10, t_free=1000.0, t_nudged=1000.0)
 
 
 def flat(tree):
@@ -63,7 +63,7 @@ def test_integrated_rule_is_a_quadrature_of_rho_pre_ds_post(small_problem):
     """The synapse ODE state equals ∫ ρ(pre(t)) ⊗ ds_post(t) over a densely saved trajectory."""
     net, x, y = small_problem
     beta, horizon = 0.3, 30.0
-    free = ctgep.free_phase(net, x, **PHASES)
+    free = ctgep.free_phase(net, x, solver=TIGHT, tol=1e-10)
     kw = dict(solver=TIGHT, tol=1e-10, t_max=horizon, stop_at_steady_state=False)
     nudged = ctgep.nudged_phase(net, x, y, free, beta=beta, synapses="integrate", **kw)
     integrated = jax.tree_util.tree_map(lambda a: a / beta, nudged.synapse_integral)
@@ -195,3 +195,38 @@ def test_bad_shapes_and_names_are_reported(small_problem):
         ctgep.nudged_phase(net, x, y, net.init_state(x), beta=0.0)
     with pytest.raises(ValueError, match="t_max"):
         ctgep.free_phase(net, x, t_max=-1.0)
+
+
+# --------------------------------------------------------------------------- small β
+
+
+def test_a_weak_nudge_is_resolved_not_silently_zero(small_problem):
+    """At β = 5e-5 the whole nudge is below tol = 1e-4. The stop test is relative to β, so the
+    nudged phase runs and the update is resolved (it used to come back as exactly zero, flagged
+    converged after 0 steps); a sample counts as converged only below tol·β."""
+    net, x, y = small_problem
+    long = dict(t_free=2000.0, t_nudged=2000.0)
+    for beta in (5e-5, 1e-4, 1e-3):
+        step = ctgep.ep_step(net, x, y, beta=beta, solver="tsit5", **long)
+        nudged = step.nudged[0]
+        assert int(nudged.steps[0]) > 0
+        np.testing.assert_array_equal(np.asarray(nudged.converged), np.asarray(nudged.residual) < 1e-4 * beta)
+        tight = ctgep.ep_update(net, x, y, beta=beta, solver=ctgep.gradients.TIGHT, tol=1e-9, **long)
+        assert rel(step.update, tight) < 1e-2
+        assert rel(tight, ctgep.gradients.nu(net, x, y)) < 2 * beta
+
+
+def test_a_nudge_below_the_dtypes_resolution_is_refused():
+    net = ctgep.LayeredNetwork((4, 6, 3), "sigmoid", key=jr.PRNGKey(0))
+    x = jr.uniform(jr.PRNGKey(1), (2, 4))
+    y = jax.nn.one_hot(jnp.arange(2), 3)
+    with pytest.raises(ValueError, match="under what float32 resolves"):
+        ctgep.ep_update(net, x, y, beta=5e-5, tol=1e-4)
+
+
+def test_ep_update_does_not_drop_non_convergence_silently(small_problem):
+    net, x, y = small_problem
+    with pytest.warns(RuntimeWarning, match="phase did not converge"):
+        u = ctgep.ep_update(net, x, y, beta=0.5, solver="euler", t_free=0.5, t_nudged=0.5)
+        jax.block_until_ready(u)
+        jax.effects_barrier()

@@ -24,7 +24,7 @@ import jax.random as jr
 
 from .._dynamics.networks import AbstractDynamics, EnergyNetwork, LayeredNetwork
 from .._dynamics import field as F
-from .._simulation.phases import concrete_float, free_phase, nudged_phase
+from .._simulation.phases import concrete_float, free_phase, nudged_phase, nudged_tolerance
 from .._simulation.results import PhaseResult
 
 Rule = Literal["endpoint", "integrated", "continual"]
@@ -77,7 +77,12 @@ def ep_step(
     stop_at_steady_state: bool = True,
     policy="flag",
 ) -> EPStep:
-    """Free phase (unless `free` is given), nudged phase(s) and the update of `rule`."""
+    """Free phase (unless `free` is given), nudged phase(s) and the update of `rule`.
+
+    `tol` is the accuracy asked of the update: both phases run until `‖μ^β‖_∞ < tol · min(1, β)`
+    (see :func:`ctgep.nudged_phase`), and a β too small for the dtype to resolve is refused.
+    The phases' per-sample result codes are in the returned `free` and `nudged` results.
+    """
     b = concrete_float(beta)
     if b is not None and not (b > 0 and math.isfinite(b)):
         raise ValueError(f"beta={beta!r} must be positive (its sign is set by `nudging`)")
@@ -91,9 +96,16 @@ def ep_step(
                          "units lose their leak and never settle; use beta < 1 or 'one-sided'")
     if nudging == "random" and key is None:
         raise ValueError("nudging='random' needs a PRNG `key`")
+    # s⁰ enters the update as (s^β − s⁰)/β too: resolve it as finely as the nudged phase.
+    free_tol = nudged_tolerance(tol, beta)
+    resolution = 10 * float(jnp.finfo(x.dtype).eps)
+    if isinstance(free_tol, float) and free_tol < resolution:
+        raise ValueError(
+            f"beta={beta!r} with tol={tol!r} needs phase residuals below {free_tol:.1e}, under what "
+            f"{jnp.dtype(x.dtype).name} resolves ({resolution:.1e}): use a larger beta or tol, or float64")
     common = dict(solver=solver, tol=tol, stop_at_steady_state=stop_at_steady_state, policy=policy)
     if free is None:
-        free = free_phase(net, x, t_max=t_free, s_init=s_init, **common)
+        free = free_phase(net, x, t_max=t_free, s_init=s_init, **(common | dict(tol=free_tol)))
     if nudging == "one-sided":
         betas = (beta,)
     elif nudging == "centered":
@@ -120,9 +132,13 @@ def ep_step(
     return EPStep(update=update, free=free, nudged=nudged, betas=betas)
 
 
-def ep_update(net: AbstractDynamics, x, y, *, beta: float, rule: Rule = "endpoint", **kwargs):
+def ep_update(net: AbstractDynamics, x, y, *, beta: float, rule: Rule = "endpoint", policy="warn", **kwargs):
     """The EP direction `≈ −∂J/∂θ`, shaped like the trainable parameters (sign: to be added).
+
+    It returns the update alone, so phases that did not converge are warned about by default
+    (`policy="warn"`; `"raise"` to stop, `"flag"` to silence): use :func:`ep_step` to get the
+    per-sample result codes with the update.
 
     Keyword arguments are those of :func:`ep_step` (nudging, solver, horizons, tol, …).
     """
-    return ep_step(net, x, y, beta=beta, rule=rule, **kwargs).update
+    return ep_step(net, x, y, beta=beta, rule=rule, policy=policy, **kwargs).update

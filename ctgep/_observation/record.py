@@ -29,7 +29,14 @@ import xarray as xr
 
 from .._dynamics import field as F
 from .._dynamics.networks import AbstractDynamics
-from .._simulation.phases import check_common, check_state, check_targets, concrete_float, run_phase
+from .._simulation.phases import (
+    check_common,
+    check_state,
+    check_targets,
+    concrete_float,
+    nudged_tolerance,
+    run_phase,
+)
 from .._simulation.problem import Observer
 from .monitors import (
     MonitorSpec,
@@ -177,7 +184,7 @@ def record(
         spec_for(float(t_free)), widths,
     )
     nudged, ts_n, rec_n = _record_phase(
-        net, x, y, free.state, jnp.asarray(b, x.dtype), solver, float(t_nudged), float(tol), stop, True,
+        net, x, y, free.state, jnp.asarray(b, x.dtype), solver, float(t_nudged), nudged_tolerance(tol, b), stop, True,
         spec_for(float(t_nudged)), widths,
     )
 

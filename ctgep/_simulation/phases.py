@@ -78,7 +78,8 @@ def check_common(net, x, solver, t_max, tol, policy, batch):
         raise ValueError(f"batch={batch!r} must be 'joint' or 'vmap'")
     if not t_max > 0:
         raise ValueError(f"t_max={t_max!r} must be positive")
-    if not tol > 0:
+    concrete_tol = concrete_float(tol)
+    if concrete_tol is not None and not concrete_tol > 0:
         raise ValueError(f"tol={tol!r} must be positive")
     return get_solver(solver)
 
@@ -113,6 +114,24 @@ def check_targets(net, y, state):
     if getattr(y, "shape", None) != expected:
         raise ValueError(f"y has shape {getattr(y, 'shape', None)} but the network's output has shape {expected}")
     check_finite(y, "y")
+
+
+def nudged_tolerance(tol, beta):
+    """The nudged phase's stop test, relative to the nudge: `tol · min(1, |β|)`.
+
+    The EP update reads `(s^β − s⁰)/β`, so a state error `δ` becomes `δ/β`: resolving the
+    nudged fixed point to `tol · |β|` keeps the update's error at the level of `tol`. A plain
+    `tol` would end a weakly nudged phase before its first step (its whole nudge is below tol).
+    """
+    b = concrete_float(beta)
+    if b is not None and concrete_float(tol) is not None:
+        return float(tol) * min(1.0, abs(b))
+    return tol * jnp.minimum(1.0, jnp.abs(beta))
+
+
+def _as_tol(tol):
+    t = concrete_float(tol)
+    return t if t is not None else tol
 
 
 def concrete_float(value):
@@ -168,7 +187,7 @@ def free_phase(
         s_init = net.init_state(x)
     else:
         check_state(net, x, s_init, "s_init")
-    r = _run(net, x, None, s_init, jnp.asarray(0.0, x.dtype), solver, float(t_max), float(tol),
+    r = _run(net, x, None, s_init, jnp.asarray(0.0, x.dtype), solver, float(t_max), _as_tol(tol),
              bool(stop_at_steady_state), "none", None, batch)
     return apply_policy(r, policy, "free")
 
@@ -193,7 +212,9 @@ def nudged_phase(
 
     `synapses="integrate"` also integrates `∫ (∂μ/∂θ)ᵀ ds` along the trajectory (integrated ν);
     `"continual"` additionally moves the weights during the phase, `dθ/dt = (η/β)(∂μ/∂θ)ᵀ μ^β`.
-    `beta` may be negative (centered nudging) but not zero.
+    `beta` may be negative (centered nudging) but not zero. The phase stops (and a sample counts
+    as converged) once `‖μ^β‖_∞ < tol · min(1, |β|)`: relative to the nudge, so that the EP
+    update `(s^β − s⁰)/β` is resolved to about `tol` however small β is.
     """
     solver = check_common(net, x, solver, t_max, tol, policy, batch)
     if isinstance(s_free, PhaseResult):
@@ -209,6 +230,6 @@ def nudged_phase(
         e = concrete_float(eta)
         if eta is None or (e is not None and not e > 0):
             raise ValueError(f"eta={eta!r} must be a positive learning rate for continual mode")
-    r = _run(net, x, y, s_free, jnp.asarray(beta, x.dtype), solver, float(t_max), float(tol),
+    r = _run(net, x, y, s_free, jnp.asarray(beta, x.dtype), solver, float(t_max), nudged_tolerance(tol, beta),
              bool(stop_at_steady_state), synapses, eta, batch)
     return apply_policy(r, policy, "nudged")
