@@ -1,0 +1,259 @@
+"""A convolutional leaky-integrator network with untied feedback (the paper's Table 2 family).
+
+Layers are numbered input → output as in :class:`~ctgep.LayeredNetwork`: `s₀ = x` (an image,
+clamped), convolutional layers `s₁ … s_C` (feature maps), and a dense output layer `s_L`,
+`L = C + 1`. Every dynamic layer is a leaky integrator with time constant 1,
+
+    μ_l = F_l(ρ(s_{l−1}); K_l) + B_l(ρ(s_{l+1}); G_l) + b_l − s_l       (no B term at the output)
+
+* `F_l(u; K) = avgpool_p(conv(u, K))`: a stride-1 convolution by the `k×k` kernel `K_l`
+  (`HWIO` layout, zero padding `padding`), then average pooling over `p×p` blocks. The output
+  layer's `F_L` is a dense matrix on the flattened last feature map.
+* `B_l(r; G) = F_{l+1}(·; G)ᵀ r`: the **transposed** convolution (the adjoint of `F_{l+1}`'s
+  linear map, pooling included) by the layer's *own* feedback kernel `G_l`, which has the shape
+  of `K_{l+1}`. Nothing ties `G_l` to `K_{l+1}`: they start independent (`feedback="random"`),
+  equal (`"transpose"`, at initialisation only) or at a chosen angle, and learn separately. The
+  last conv layer's feedback from the output is a dense matrix of the shape of `W_Lᵀ`.
+* `b_l`: one bias per feature map (shared over positions), one per output unit.
+
+Pooling is average pooling (or none, `pool=1`): it keeps `μ` linear in the rates, so smooth
+wherever `ρ` is, and the feedback a plain transposed convolution. Max pooling is not offered: its
+switches make `μ` piecewise and would make the feedback depend on the forward kernel's response.
+Because average pooling after a stride-1 convolution is one stride-`p` convolution by the kernel
+smoothed with a `p×p` box (size `k + p − 1`), `F_l` is computed that way (about 4× fewer
+multiply-adds at `p = 2` than convolving then pooling); `B_l` is the matching stride-`p`
+transposed convolution (an `lhs_dilation`).
+
+A layer's `μ` needs only its neighbours' rates, so the alternating (Gauss–Seidel) Euler order
+applies unchanged. The state stays the library's convention, one `(batch, n_l)` array per layer:
+feature maps are flattened (`layout="NHWC"`: position-major, channels fastest; `"NCHW"`:
+channel-major) and reshaped inside :meth:`ConvNetwork.vector_field`, so the simulator, the
+rules, the gradients and the particle store see ordinary flat layers. `sizes` holds the flat
+widths, input first.
+"""
+
+import math
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+from jax import lax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .activations import STATE_BOUNDS, get_activation
+from .networks import AbstractDynamics, _at_angle, _glorot
+
+__all__ = ["ConvNetwork", "conv_sizes"]
+
+LAYOUTS = ("NHWC", "NCHW")
+
+
+def _glorot_kernel(key, shape, dtype):
+    k1, k2, c_in, c_out = shape
+    limit = math.sqrt(6.0 / (k1 * k2 * (c_in + c_out)))
+    return jr.uniform(key, shape, dtype, -limit, limit)
+
+
+def conv_maps(input_shape, channels, kernels, pool: int = 2, padding: int = 0) -> list[tuple[int, int, int]]:
+    """The `(H, W, C)` of every feature map, input first; ValueError if a layer does not fit.
+
+    Each conv layer maps `H` to `(H + 2·padding − k + 1) / pool`, which must be a whole number ≥ 1.
+    """
+    h, w, c = (int(a) for a in input_shape)
+    channels, kernels = [int(a) for a in channels], [int(a) for a in kernels]
+    if len(channels) < 1 or len(channels) != len(kernels):
+        raise ValueError(f"channels={channels} and kernels={kernels} need one entry per conv layer "
+                         "(at least one)")
+    if any(a < 1 for a in channels + kernels) or pool < 1 or padding < 0 or min(h, w, c) < 1:
+        raise ValueError("channels, kernels, pool and the input shape must be ≥ 1, padding ≥ 0")
+    maps = [(h, w, c)]
+    for l, (ch, k) in enumerate(zip(channels, kernels), start=1):
+        if padding > k - 1:
+            raise ValueError(f"padding={padding} exceeds kernel {k} − 1 at conv layer {l}")
+        hc, wc = h + 2 * padding - k + 1, w + 2 * padding - k + 1
+        if hc < pool or wc < pool or hc % pool or wc % pool:
+            raise ValueError(f"conv layer {l}: a {h}×{w} map convolved by {k}×{k} (padding {padding}) "
+                             f"is {hc}×{wc}, which {pool}×{pool} average pooling does not tile")
+        h, w, c = hc // pool, wc // pool, ch
+        maps.append((h, w, c))
+    return maps
+
+
+def conv_sizes(input_shape, channels, kernels, n_out: int, pool: int = 2, padding: int = 0) -> list[int]:
+    """The flat layer widths (input, each feature map, output) of a :class:`ConvNetwork`."""
+    return [h * w * c for h, w, c in conv_maps(input_shape, channels, kernels, pool, padding)] + [int(n_out)]
+
+
+def _pooled_kernel(kernel, pool: int):
+    """`K' = K ⊛ box_p / p²` (size k + p − 1): stride-p conv by K' = avgpool_p ∘ conv by K."""
+    if pool == 1:
+        return kernel
+    total = 0.0
+    for i in range(pool):
+        for j in range(pool):
+            total = total + jnp.pad(kernel, ((i, pool - 1 - i), (j, pool - 1 - j), (0, 0), (0, 0)))
+    return total / (pool * pool)
+
+
+class ConvNetwork(AbstractDynamics, strict=True):
+    """Convolutional layers with untied transposed-convolution feedback, and a dense output.
+
+    `Wf = (K_1, …, K_C, W_L)`: conv kernels `(k, k, C_{l−1}, C_l)` (HWIO) and the output matrix
+    `(n_out, n_C)`. `Wb = (G_1, …, G_{C−1}, V_C)`: `G_l` shaped like `K_{l+1}`, applied by the
+    transposed convolution, and `V_C` shaped like `W_Lᵀ`. `b`: per-map biases `(C_l,)` and the
+    output's `(n_out,)`. Inputs are flat rows `(batch, H·W·C_in)` in the `layout` order (a
+    single-channel image is the same row either way).
+    """
+
+    Wf: tuple[Float[Array, "..."], ...]
+    Wb: tuple[Float[Array, "..."], ...]
+    b: tuple[Float[Array, " n"], ...]
+    sizes: tuple[int, ...] = eqx.field(static=True)
+    maps: tuple[tuple[int, int, int], ...] = eqx.field(static=True)
+    kernels: tuple[int, ...] = eqx.field(static=True)
+    pool: int = eqx.field(static=True)
+    padding: int = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+    layout: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        input_shape=(28, 28, 1),
+        channels=(32, 64),
+        kernels=(5, 5),
+        n_out: int = 10,
+        activation: str = "hard_sigmoid",
+        *,
+        key: PRNGKeyArray,
+        pool: int = 2,
+        padding: int = 0,
+        feedback: str | float = "random",
+        layout: str = "NHWC",
+        dtype=None,
+    ):
+        """Glorot-initialised kernels and matrices, zero biases.
+
+        `input_shape`: `(H, W, C_in)`. `channels`, `kernels`: feature maps and kernel side of
+        each conv layer. `pool`: side of the average-pooling blocks after each convolution (1:
+        none). `feedback`: "random" (independent Glorot draws, the default), "transpose"
+        (`G_l = K_{l+1}`, `V_C = W_Lᵀ` at initialisation only) or an angle in degrees between
+        each feedback array and its forward counterpart. `layout`: "NHWC" or "NCHW", how the
+        feature maps are laid out in the flat state and convolved (a speed choice).
+        """
+        get_activation(activation)
+        if not (feedback in ("random", "transpose") or isinstance(feedback, (int, float))):
+            raise ValueError(f"feedback={feedback!r} must be 'random', 'transpose' or an angle in degrees")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r} must be one of {LAYOUTS}")
+        pool, padding, n_out = int(pool), int(padding), int(n_out)
+        if n_out < 1:
+            raise ValueError(f"n_out={n_out!r} must be ≥ 1")
+        maps = conv_maps(input_shape, channels, kernels, pool, padding)
+        kernels = tuple(int(k) for k in kernels)
+        dtype = jnp.float32 if dtype is None else dtype
+        n_conv = len(kernels)
+        kf, kb = jr.split(key)
+        kfs, kbs = jr.split(kf, n_conv + 1), jr.split(kb, n_conv)
+        Wf = [_glorot_kernel(kfs[l], (k, k, maps[l][2], maps[l + 1][2]), dtype) for l, k in enumerate(kernels)]
+        n_last = math.prod(maps[-1])
+        Wf.append(_glorot(kfs[-1], (n_out, n_last), dtype))
+        Wb = []
+        for l in range(n_conv):
+            reference = Wf[l + 1] if l + 1 < n_conv else Wf[l + 1].T
+            if feedback == "random":
+                draw = _glorot_kernel if reference.ndim == 4 else _glorot
+                Wb.append(draw(kbs[l], reference.shape, dtype))
+            elif feedback == "transpose":
+                Wb.append(reference)
+            else:
+                Wb.append(_at_angle(kbs[l], reference, float(feedback), dtype))
+        self.Wf, self.Wb = tuple(Wf), tuple(Wb)
+        self.b = tuple(jnp.zeros((m[2],), dtype) for m in maps[1:]) + (jnp.zeros((n_out,), dtype),)
+        self.sizes = tuple(math.prod(m) for m in maps) + (n_out,)
+        self.maps = tuple(maps)
+        self.kernels, self.pool, self.padding = kernels, pool, padding
+        self.activation, self.layout = activation, layout
+
+    # -- layout helpers
+
+    def _image(self, flat, l: int):
+        """Layer `l`'s flat rows `(batch, n_l)` as feature maps in the network's layout."""
+        h, w, c = self.maps[l]
+        shape = (h, w, c) if self.layout == "NHWC" else (c, h, w)
+        return flat.reshape(flat.shape[:1] + shape)
+
+    def _flat_bias(self, l: int):
+        """Layer `l`'s per-map bias spread over its positions, in the flat state's order."""
+        h, w, c = self.maps[l]
+        b = self.b[l - 1]
+        full = jnp.broadcast_to(b, (h, w, c)) if self.layout == "NHWC" else jnp.broadcast_to(b[:, None, None], (c, h, w))
+        return full.reshape(-1)
+
+    def _dims(self, transpose: bool = False):
+        return (self.layout, "HWOI" if transpose else "HWIO", self.layout)
+
+    def _forward(self, rates, l: int, kernel):
+        """`F_l`: layer `l−1`'s rates (flat) → layer `l`'s drive (flat), `kernel` pooled already."""
+        p, pad = self.pool, self.padding
+        out = lax.conv_general_dilated(self._image(rates, l - 1), kernel, (p, p), [(pad, pad)] * 2,
+                                       dimension_numbers=self._dims())
+        return out.reshape(rates.shape[0], -1)
+
+    def _backward(self, rates, l: int, flipped):
+        """`F_{l+1}(·; G)ᵀ`: layer `l+1`'s rates (flat) → layer `l` (flat). `flipped` is the pooled
+        feedback kernel reversed in space; its I/O axes are swapped by the "HWOI" spec."""
+        p = self.pool
+        edge = flipped.shape[0] - 1 - self.padding
+        out = lax.conv_general_dilated(self._image(rates, l + 1), flipped, (1, 1), [(edge, edge)] * 2,
+                                       lhs_dilation=(p, p), dimension_numbers=self._dims(True))
+        return out.reshape(rates.shape[0], -1)
+
+    # -- AbstractDynamics
+
+    def init_state(self, x):
+        return tuple(jnp.zeros((x.shape[0], n), self.b[0].dtype) for n in self.sizes[1:])
+
+    def drive(self, x):
+        """`(F₁(ρ(x)) + b₁, b₂, …)` flat, and the kernels prepared once per phase: each conv
+        kernel smoothed by the pooling box, each feedback kernel too and reversed in space, the
+        dense matrices transposed (row-major products in the loop)."""
+        rho = get_activation(self.activation)
+        n_conv = len(self.kernels)
+        fwd = tuple(_pooled_kernel(k, self.pool) for k in self.Wf[:n_conv])
+        back = tuple(_pooled_kernel(g, self.pool)[::-1, ::-1] for g in self.Wb[: n_conv - 1])
+        first = self._forward(rho(x), 1, fwd[0]) + self._flat_bias(1)
+        inputs = (first,) + tuple(self._flat_bias(l) for l in range(2, n_conv + 1)) + (self.b[-1],)
+        return inputs, fwd, back, self.Wf[-1].T, self.Wb[-1].T
+
+    def vector_field(self, state, drive):
+        inputs, fwd, back, w_out_t, v_t = drive
+        rho = get_activation(self.activation)
+        rates = [rho(s) for s in state]
+        n = len(state)  # n_conv conv layers and the output
+        mu = []
+        for i in range(n):  # state index i is layer l = i + 1
+            l = i + 1
+            total = inputs[i]
+            if i == n - 1:
+                total = total + rates[i - 1] @ w_out_t
+            elif i > 0:
+                total = total + self._forward(rates[i - 1], l, fwd[i])
+            if i == n - 2:
+                total = total + rates[i + 1] @ v_t
+            elif i < n - 2:
+                total = total + self._backward(rates[i + 1], l, back[i])
+            mu.append(total - state[i])
+        return tuple(mu)
+
+    def output(self, state):
+        return state[-1]
+
+    @property
+    def state_bounds(self):
+        return STATE_BOUNDS.get(self.activation)
+
+    def feedback_references(self) -> tuple:
+        """The forward array each feedback array `Wb[i]` is compared with (weight alignment):
+        `K_{l+1}` for a conv feedback kernel `G_l`, `W_Lᵀ` for the dense feedback."""
+        n_conv = len(self.kernels)
+        return tuple(self.Wf[i + 1] if i + 1 < n_conv else self.Wf[i + 1].T for i in range(n_conv))
