@@ -45,7 +45,7 @@ def test_a_user_solver_runs_the_free_phase_to_the_same_fixed_point(small):
 def test_a_user_solver_drives_the_learning_rules(small):
     """ep_step's integrated rule through the user's solver agrees with the endpoint rule to O(β)."""
     net, x, y = small
-    kw = dict(beta=1e-3, solver=Heun(), t_free=200.0, t_nudged=200.0, tol=1e-12)
+    kw = dict(beta=1e-3, solver=Heun(), t_free=200.0, t_nudged=200.0, tol=1e-10)
     integrated = ctgep.ep_update(net, x, y, rule="integrated", **kw)
     endpoint = ctgep.ep_update(net, x, y, rule="endpoint", **kw)
     assert float(ctgep.gradients.relative_error(integrated, endpoint)) < 5e-3
@@ -55,9 +55,8 @@ def test_a_user_solver_is_recorded_and_the_record_ends_at_the_phase_result(small
     net, x, y = small
     solver = Heun()
     ds = ctgep.record(net, x, y, beta=0.1, solver=solver, t_free=20.0, t_nudged=10.0, sampling=4)
-    free = ctgep.free_phase(net, x, solver=solver, t_max=20.0)
-    nudged = ctgep.nudged_phase(net, x, y, free, beta=0.1, solver=solver, t_max=10.0)
-    for phase, r in (("free", free), ("nudged", nudged)):
+    step = ctgep.ep_step(net, x, y, beta=0.1, solver=solver, t_free=20.0, t_nudged=10.0, rule="integrated")
+    for phase, r in (("free", step.free), ("nudged", step.nudged[0])):
         flat = np.concatenate([np.asarray(a) for a in r.state], axis=-1)
         np.testing.assert_array_equal(ds.final_state.sel(phase=phase).values, flat)
         np.testing.assert_array_equal(ds.final_residual.sel(phase=phase).values, np.asarray(r.residual))

@@ -100,9 +100,10 @@ def ep_step(
     free_tol = nudged_tolerance(tol, beta)
     resolution = 10 * float(jnp.finfo(x.dtype).eps)
     if isinstance(free_tol, float) and free_tol < resolution:
+        hint = "" if jnp.dtype(x.dtype) == jnp.float64 else ", or float64"
         raise ValueError(
             f"beta={beta!r} with tol={tol!r} needs phase residuals below {free_tol:.1e}, under what "
-            f"{jnp.dtype(x.dtype).name} resolves ({resolution:.1e}): use a larger beta or tol, or float64")
+            f"{jnp.dtype(x.dtype).name} resolves ({resolution:.1e}): use a larger beta or tol{hint}")
     common = dict(solver=solver, tol=tol, stop_at_steady_state=stop_at_steady_state, policy=policy)
     if free is None:
         free = free_phase(net, x, t_max=t_free, s_init=s_init, **(common | dict(tol=free_tol)))

@@ -99,8 +99,8 @@ def record(
 ) -> xr.Dataset:
     """Run the free and nudged phases and return their trajectories as an `xarray.Dataset`.
 
-    The phases are those of `free_phase(net, x, solver=solver, t_max=t_free, tol=tol)` and
-    `nudged_phase(net, x, y, free, beta=beta, t_max=t_nudged, synapses="integrate", …)`.
+    The phases are those of `ep_step(net, x, y, beta=beta, solver=solver, t_free=t_free,
+    t_nudged=t_nudged, tol=tol, rule="integrated")`: both stop at `‖μ^β‖_∞ < tol · min(1, β)`.
 
     Monitors:
 
@@ -180,7 +180,7 @@ def record(
 
     stop = bool(stop_at_steady_state)
     free, ts_f, rec_f = _record_phase(
-        net, x, None, s_init, jnp.asarray(0.0, x.dtype), solver, float(t_free), float(tol), stop, False,
+        net, x, None, s_init, jnp.asarray(0.0, x.dtype), solver, float(t_free), nudged_tolerance(tol, b), stop, False,
         spec_for(float(t_free)), widths,
     )
     nudged, ts_n, rec_n = _record_phase(

@@ -116,6 +116,16 @@ class AbstractStepper(AbstractPhaseSolver):
         field = lambda p, s: self.field(problem, prepared, p, s)
         rec = _Recorder(observer, n_steps, dt) if observer is not None else None
 
+        # The integrated rule adds up `(∂μ/∂θ)ᵀ(u) ds` over the moves. Its parameters are fixed in
+        # the phase, so the moves are stored and summed in one VJP at the end (see
+        # `_trajectory_synapses`: one large product, and the input's drive pulled back once);
+        # continual mode needs each step's increment at once, and a trajectory too long to store
+        # falls back to adding per step.
+        store = False
+        if synapses == "integrate" and rec is None:  # a recorder reads the running integral
+            n_moves = len(jax.eval_shape(lambda: self.step(problem, prepared, problem.params, s0, s0))[1])
+            store = _store_fits(s0, n_steps * n_moves)
+
         # μ is evaluated once per step inside the body, so the step, the projection and the
         # residual fuse with the products. With `stop`, a step whose state already has
         # ‖μ‖∞ < tol for every sample is not taken: the phase ends on the first settled state.
@@ -131,9 +141,13 @@ class AbstractStepper(AbstractPhaseSolver):
             if stop:
                 s_new = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), s, s_new)
             if synapses != "none":
-                for u, ds in moves:
+                for i, (u, ds) in enumerate(moves):
                     if stop:
                         ds = tuple(jnp.where(done, 0.0, d) for d in ds)
+                    if store:
+                        slot = k * n_moves + i
+                        acc = tuple(tuple(b.at[slot].set(a) for b, a in zip(buf, v)) for buf, v in zip(acc, (u, ds)))
+                        continue
                     g = problem.synapse_rate(p, u, ds)
                     acc = jax.tree_util.tree_map(jnp.add, acc, g)
                     if synapses == "continual":
@@ -143,7 +157,10 @@ class AbstractStepper(AbstractPhaseSolver):
         z0 = problem.initial(s0)
         res0 = jnp.full_like(F.residual(s0), jnp.inf)
         log0 = rec.init(problem, field, z0) if rec is not None else None
-        carry = (jnp.asarray(0), s0, res0, jnp.asarray(False), z0.get("acc"), problem.weights(z0), log0)
+        acc0 = z0.get("acc")
+        if store:  # (states, increments) of every move, zero where no step was taken
+            acc0 = tuple(tuple(jnp.zeros((n_steps * n_moves,) + a.shape, a.dtype) for a in s0) for _ in range(2))
+        carry = (jnp.asarray(0), s0, res0, jnp.asarray(False), acc0, problem.weights(z0), log0)
         if stop:
             carry = jax.lax.while_loop(lambda c: (c[0] < n_steps) & ~c[3], body, carry)
         else:
@@ -151,6 +168,8 @@ class AbstractStepper(AbstractPhaseSolver):
             # on both cores of a 2-core Xeon, where XLA overlaps the products of one step.
             carry = jax.lax.fori_loop(0, n_steps, lambda _, c: body(c), carry)
         k, s, res, done, acc, p, log = carry
+        if store:
+            acc = _trajectory_synapses(problem, *acc)
         if rec is None:
             # The residual at the final state: known already when the phase stopped on it.
             residual = jax.lax.cond(done, lambda: res, lambda: F.residual(field(p, s)))
@@ -166,6 +185,35 @@ class AbstractStepper(AbstractPhaseSolver):
             z["theta"] = p
         return Relaxation(z, k * jnp.asarray(dt, residual.dtype), k, jnp.asarray(SOLVE_OK), residual,
                           record_ts, records)
+
+
+_STORE_LIMIT_BYTES = 256 * 2**20
+
+
+def _store_fits(s0, n_moves: int) -> bool:
+    """Whether the states and increments of `n_moves` moves fit the storage budget."""
+    size = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(s0))
+    return 0 < 2 * n_moves * size <= _STORE_LIMIT_BYTES
+
+
+def _trajectory_synapses(problem: PhaseProblem, states, increments):
+    """`Σ_k (∂μ/∂θ)ᵀ(u_k) ds_k` over stored moves (leading axis k), batch mean, as ONE VJP.
+
+    `vmap` over the moves with the weights and the input's drive shared, so the transpose sums
+    over moves and batch in single products, and the drive (the input layer's `Wf₁ρ(x)`) is
+    pulled back once from the summed cotangent instead of once per step. Under `jit` the
+    forward values the VJP does not need are dropped.
+    """
+
+    def along(params):
+        net = problem.network(params)
+        drive = net.drive(problem.x)
+        return jax.vmap(lambda u: net.vector_field(u, drive))(states)
+
+    _, vjp = jax.vjp(along, problem.params)
+    (g,) = vjp(increments)
+    batch = problem.x.shape[0]
+    return jax.tree_util.tree_map(lambda a: a / batch, g)
 
 
 class _Recorder:
