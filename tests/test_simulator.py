@@ -133,3 +133,20 @@ def test_every_solver_describes_itself():
     assert ctgep.Euler(dt=1.0, precondition=True).describe() == {
         "kind": "euler", "dt": 1.0, "clip": True, "precondition": True, "alternate": False}
     assert ctgep.Adaptive(diffrax.Dopri5()).describe()["solver"] == "Dopri5"
+
+
+@pytest.mark.parametrize("solver", [ctgep.Euler(dt=0.5), ctgep.Euler(dt=1.0, precondition=True, alternate=True)])
+def test_the_stored_integrated_path_equals_the_per_step_vjps(small, solver, monkeypatch):
+    """The fast path (moves stored, one VJP at the end) is the same sum as one VJP per move."""
+    from ctgep._simulation import solver as solver_module
+    from ctgep._simulation.phases import run_phase
+
+    net, x, y = small
+    free = ctgep.free_phase(net, x, solver=solver, t_max=40.0)
+    run = lambda: run_phase(net, x, y, free.state, jnp.asarray(0.3), solver, 12.0, 1e-6, True, "integrate")[0]
+    fast = run()
+    monkeypatch.setattr(solver_module, "_STORE_LIMIT_BYTES", 0)
+    slow = run()
+    for a, b in zip(jax.tree_util.tree_leaves(fast.synapse_integral), jax.tree_util.tree_leaves(slow.synapse_integral)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert int(fast.steps[0]) == int(slow.steps[0]) > 0
