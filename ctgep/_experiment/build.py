@@ -19,6 +19,7 @@ import jax.random as jr
 import numpy as np
 import optax
 
+from .._dynamics.conv import ConvNetwork
 from .._dynamics.networks import LayeredNetwork
 from .._learning.rules import as_gradient, ep_step
 from .._simulation.phases import free_phase
@@ -43,11 +44,15 @@ ACTIVE = "active_outputs"
 # Network, solver, optimiser
 
 
-def build_network(card: Card, key) -> LayeredNetwork:
-    """The card's network, initialised from `key`."""
-    fb = card.model.feedback
-    feedback = fb if fb in ("random", "transpose") else float(fb)
-    return LayeredNetwork(card.model.sizes, card.model.activation, key=key, feedback=feedback)
+def build_network(card: Card, key) -> LayeredNetwork | ConvNetwork:
+    """The card's network, initialised from `key`: a :class:`LayeredNetwork`, or a
+    :class:`ConvNetwork` when `model.kind = "conv"`."""
+    m = card.model
+    feedback = m.feedback if m.feedback in ("random", "transpose") else float(m.feedback)
+    if m.kind == "conv":
+        return ConvNetwork(m.image_shape(), m.channels, m.kernels, m.sizes[-1], m.activation, key=key,
+                           pool=m.pool, padding=m.padding, feedback=feedback, layout=m.layout)
+    return LayeredNetwork(m.sizes, m.activation, key=key, feedback=feedback)
 
 
 def run_keys(card: Card):
@@ -55,7 +60,7 @@ def run_keys(card: Card):
     return jr.split(jr.key(card.training.seed), 3)
 
 
-def initial_network(card: Card) -> LayeredNetwork:
+def initial_network(card: Card) -> LayeredNetwork | ConvNetwork:
     """The network a run of `card` starts from (same seed, same draw as `ctgep train`)."""
     return build_network(card, run_keys(card)[0])
 
@@ -79,8 +84,9 @@ def _param_labels(params):
 
 
 def _weights_only(params):
-    """Mask of the matrices (Wf, Wb) among the parameters: weight decay spares the biases."""
-    return jax.tree_util.tree_map(lambda a: a.ndim == 2, params)
+    """Mask of the weights (Wf, Wb: matrices and conv kernels) among the parameters: weight decay
+    spares the biases."""
+    return jax.tree_util.tree_map(lambda a: a.ndim >= 2, params)
 
 
 def build_optimizer(card: Card, steps_per_epoch: int = 1) -> optax.GradientTransformation:

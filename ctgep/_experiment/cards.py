@@ -30,6 +30,23 @@ class ModelSection:
     sizes: list[int] = dataclasses.field(default_factory=lambda: [64, 256, 10])
     activation: str = "hard_sigmoid"
     feedback: str = "random"  # "random", "transpose", or an angle in degrees ("60")
+    # "layered" (ctgep.LayeredNetwork, dense layers) or "conv" (ctgep.ConvNetwork: conv layers
+    # with untied transposed-convolution feedback, then a dense output). For "conv", `sizes` are
+    # the flat widths input, each feature map H·W·C, output (checked against the keys below).
+    kind: str = "layered"
+    channels: list[int] = dataclasses.field(default_factory=list)  # conv: feature maps per conv layer
+    kernels: list[int] = dataclasses.field(default_factory=list)  # conv: kernel side per conv layer
+    pool: int = 2  # conv: side of the average-pooling blocks after each convolution (1: none)
+    padding: int = 0  # conv: zero padding of each convolution (0: "valid")
+    image: list[int] = dataclasses.field(default_factory=list)  # conv: input [H, W, C]; []: square, 1 channel
+    layout: str = "NHWC"  # conv: "NHWC" or "NCHW", the feature maps' memory order (speed only)
+
+    def image_shape(self) -> tuple[int, int, int]:
+        """The input image `(H, W, C)` of a conv model: `image`, else a square single-channel one."""
+        if self.image:
+            return tuple(self.image)
+        side = math.isqrt(self.sizes[0])
+        return (side, side, 1)
 
 
 @dataclasses.dataclass
@@ -256,6 +273,7 @@ def validate(card: Card) -> None:
     m, p, l, t, d = card.model, card.phases, card.learning, card.training, card.data
     if len(m.sizes) < 2 or any(n < 1 for n in m.sizes):
         raise CardError(f"model.sizes={m.sizes!r} needs an input and an output layer, widths ≥ 1")
+    _validate_model_kind(m)
     if m.activation not in ACTIVATIONS:
         raise CardError(f"model.activation={m.activation!r} is unknown; choose one of {sorted(ACTIVATIONS)}")
     if m.feedback not in ("random", "transpose"):
@@ -322,6 +340,40 @@ def validate(card: Card) -> None:
     if d.shift_epochs < 0 or (d.shift_epochs and not d.shift):
         raise CardError(f"data.shift_epochs={d.shift_epochs!r} must be ≥ 0 (0: every epoch), and needs "
                         "data.shift > 0")
+
+
+MODEL_KINDS = ("layered", "conv")
+CONV_KEYS = ("channels", "kernels", "image")
+
+
+def _validate_model_kind(m: ModelSection) -> None:
+    """The conv keys: only with kind = "conv", consistent with each other and with `sizes`."""
+    if m.kind not in MODEL_KINDS:
+        raise CardError(f"model.kind={m.kind!r} must be one of {list(MODEL_KINDS)}")
+    if m.kind == "layered":
+        for key in CONV_KEYS:
+            if getattr(m, key):
+                raise CardError(f"model.{key} describes convolutional layers; set model.kind = 'conv' "
+                                f"or leave model.{key} empty")
+        return
+    from .._dynamics.convshape import conv_sizes  # plain Python, no JAX
+
+    if m.layout not in ("NHWC", "NCHW"):
+        raise CardError(f"model.layout={m.layout!r} must be 'NHWC' or 'NCHW'")
+    if m.image and (len(m.image) != 3 or min(m.image) < 1 or math.prod(m.image) != m.sizes[0]):
+        raise CardError(f"model.image={m.image!r} must be [H, W, C] with H·W·C = model.sizes[0] = {m.sizes[0]}")
+    h, w, c = m.image_shape()
+    if h * w * c != m.sizes[0]:
+        raise CardError(f"model.sizes[0]={m.sizes[0]} is not a square single-channel image: give "
+                        "model.image = [H, W, C]")
+    try:
+        expected = conv_sizes((h, w, c), m.channels, m.kernels, m.sizes[-1], m.pool, m.padding)
+    except ValueError as e:
+        raise CardError(f"model.channels / kernels / pool / padding: {e}") from None
+    if list(m.sizes) != expected:
+        raise CardError(f"model.sizes={m.sizes} does not match the convolutional layers: a {h}×{w}×{c} "
+                        f"input with channels {m.channels}, kernels {m.kernels}, pool {m.pool} and "
+                        f"padding {m.padding} gives the flat widths {expected}")
 
 
 def builtin_cards() -> list[str]:
