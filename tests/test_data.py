@@ -105,6 +105,84 @@ def test_both_mnist_training_image_digests_are_accepted():
     assert "f68b3c2dcbeaaa9fbdd348bbdeb94873" in accepted and "a0800b9e8c812b9e45b911451b965316" in accepted
 
 
+def _recompress(path: pathlib.Path, payload: bytes | None = None) -> None:
+    """Rewrite the gzip file `path` with other compressed bytes (level 1, another mtime), and
+    with `payload` as its content if given: what a repackager does to the official files."""
+    if payload is None:
+        with gzip.open(path, "rb") as f:
+            payload = f.read()
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=12345) as f:
+        f.write(payload)
+
+
+def _payload_table(folder: pathlib.Path) -> dict:
+    out = {}
+    for stem in FILES.values():
+        with gzip.open(folder / (stem + ".gz"), "rb") as f:
+            out[stem] = (hashlib.sha256(f.read()).hexdigest(),)
+    return out
+
+
+def test_recompressed_files_are_verified_by_their_payload(tmp_path, monkeypatch):
+    # Debian's dataset-fashion-mnist ships the official payloads recompressed: the .gz md5s
+    # differ from the published ones, the decompressed IDX content does not.
+    folder = tmp_path / "fashion-mnist"
+    arrays, sums = _fake_mnist(folder)
+    payloads = _payload_table(folder)
+    for stem in FILES.values():
+        _recompress(folder / (stem + ".gz"))
+    monkeypatch.setitem(_data.CHECKSUMS, "fashion-mnist", sums)  # the "official" .gz digests
+    monkeypatch.setitem(_data.PAYLOAD_SHA256, "fashion-mnist", payloads)
+    d = load_dataset("fashion-mnist", data_dir=tmp_path, download=False)
+    np.testing.assert_array_equal(d.y_train, arrays["train_labels"])
+    np.testing.assert_allclose(d.x_test, arrays["test_images"].reshape(12, -1) / 255.0, rtol=1e-6)
+    # Without a known payload digest the recompressed file is refused, naming both digests.
+    monkeypatch.setitem(_data.PAYLOAD_SHA256, "fashion-mnist", {})
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz .*md5 .*sha256 [0-9a-f]{64}.*corrupted"):
+        load_dataset("fashion-mnist", data_dir=tmp_path, download=False)
+
+
+def test_a_file_whose_payload_really_differs_is_corrupted(tmp_path, monkeypatch):
+    folder = tmp_path / "fashion-mnist"
+    arrays, sums = _fake_mnist(folder)
+    monkeypatch.setitem(_data.CHECKSUMS, "fashion-mnist", sums)
+    monkeypatch.setitem(_data.PAYLOAD_SHA256, "fashion-mnist", _payload_table(folder))
+    assert len(load_dataset("fashion-mnist", data_dir=tmp_path, download=False).y_train) == 30
+    # One pixel changed, a well-formed IDX file: neither digest matches.
+    images = arrays["train_images"].copy()
+    images[3, 10, 10] ^= 1
+    write_idx(folder / "train-images-idx3-ubyte.gz", images)
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz .*none of the known .*corrupted"):
+        load_dataset("fashion-mnist", data_dir=tmp_path, download=False)
+    # Not gzip at all.
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(b"not a gzip file" * 10)
+    with pytest.raises(DataError, match="does not decompress"):
+        load_dataset("fashion-mnist", data_dir=tmp_path, download=False)
+    with pytest.raises(DataError, match="cannot be read as gzip"):
+        load_dataset("fashion-mnist", data_dir=tmp_path, download=False, verify=False)
+
+
+def test_both_mnist_training_image_versions_have_a_digest():
+    # The official file by its published .gz md5; the lossy reconstruction also by its payload.
+    payloads = _data.PAYLOAD_SHA256["mnist"]["train-images-idx3-ubyte"]
+    assert "374ba378bee06c633f4800ac6a495f71d1b80b0e82bf763acbfa4c7e9c379f75" in payloads
+    for name in ("mnist", "fashion-mnist"):
+        assert set(_data.PAYLOAD_SHA256[name]) == set(FILES.values())
+        assert all(len(d) == 64 for ds in _data.PAYLOAD_SHA256[name].values() for d in ds)
+
+
+_DEBIAN_FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not (_DEBIAN_FASHION / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="apt-get install dataset-fashion-mnist to run")
+def test_debians_fashion_mnist_files_are_accepted():
+    d = load_dataset("fashion-mnist", search_path=[_DEBIAN_FASHION.parent], download=False)
+    assert d.x_train.shape == (60000, 784) and d.x_test.shape == (10000, 784)
+    assert d.source == str(_DEBIAN_FASHION)
+    assert sorted(np.bincount(d.y_test)) == [1000] * 10
+
+
 def test_truncated_idx_in_a_dataset(tmp_path):
     _fake_mnist(tmp_path)
     path = tmp_path / "train-images-idx3-ubyte.gz"

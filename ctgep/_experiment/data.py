@@ -13,8 +13,10 @@ set. MNIST-like files are looked for, in order, in
 
 When none has them and ``download=True`` they are fetched from the official mirror into
 ``data_dir`` when given (an existing folder: a typo is an error, never a new folder), else into
-the cache, which is created only then (and removed again if the download fails). Compressed
-files are checked against the published md5 digests.
+the cache, which is created only then (and removed again if the download fails). A compressed
+file is accepted when its bytes have a published md5 digest or, failing that, when its
+decompressed IDX payload has a known sha256 digest: Debian's ``dataset-fashion-mnist`` package
+ships the official payloads recompressed, so their ``.gz`` bytes differ while the data do not.
 """
 
 import dataclasses
@@ -79,6 +81,27 @@ CHECKSUMS: dict[str, dict[str, tuple[str, ...]]] = {
         "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe",),
         "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79",),
         "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310",),
+    },
+}
+
+#: sha256 digests of the decompressed IDX payloads accepted for each dataset: what is verified
+#: when a `.gz` file's own md5 is none of :data:`CHECKSUMS` (a recompressed copy of the same data).
+PAYLOAD_SHA256: dict[str, dict[str, tuple[str, ...]]] = {
+    "mnist": {
+        # The lossy reconstruction of the training images (the official payload's digest is not
+        # recorded: the official .gz is accepted by its md5 above).
+        "train-images-idx3-ubyte": ("374ba378bee06c633f4800ac6a495f71d1b80b0e82bf763acbfa4c7e9c379f75",),
+        "train-labels-idx1-ubyte": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",),
+        "t10k-images-idx3-ubyte": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",),
+        "t10k-labels-idx1-ubyte": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",),
+    },
+    "fashion-mnist": {
+        # The payloads of Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1 (upstream's
+        # files of 2020-05-23, recompressed: .gz md5s f78720b4…, 0d30e22e…, cf8536b0…, 10bea18f…).
+        "train-images-idx3-ubyte": ("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",),
+        "train-labels-idx1-ubyte": ("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",),
+        "t10k-images-idx3-ubyte": ("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",),
+        "t10k-labels-idx1-ubyte": ("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",),
     },
 }
 
@@ -211,15 +234,37 @@ def _download(name: str, folder: pathlib.Path) -> None:
                 os.unlink(tmp)
 
 
+def _payload_sha256(path: pathlib.Path) -> str | None:
+    """sha256 of the decompressed content of the gzip file `path`; None if it does not decompress."""
+    h = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except (OSError, EOFError, zlib.error):
+        return None
+    return h.hexdigest()
+
+
 def _verify(name: str, path: pathlib.Path, filename: str) -> None:
+    """Accept the `.gz` file `path` (named `filename`) if its md5 is a published digest, else if
+    its decompressed payload's sha256 is a known one; DataError naming both digests if neither."""
     accepted = CHECKSUMS[name].get(filename)
-    if accepted is None:
+    stem = filename[:-3] if filename.endswith(".gz") else filename
+    payloads = PAYLOAD_SHA256.get(name, {}).get(stem, ())
+    if accepted is None and not payloads:
         return
     digest = _md5(path)
-    if digest not in accepted:
-        raise DataError(f"{filename} from {path.parent}: md5 {digest} matches none of the "
-                        f"known digests {list(accepted)}; the file is corrupted or not the "
-                        f"official {name} file, delete it and fetch it again")
+    if digest in (accepted or ()):
+        return
+    payload = _payload_sha256(path)
+    if payload is not None and payload in payloads:
+        return
+    content = ("does not decompress" if payload is None
+               else f"decompresses to a payload of sha256 {payload}, none of the known {list(payloads)}")
+    raise DataError(f"{filename} from {path.parent}: md5 {digest} matches none of the known digests "
+                    f"{list(accepted or ())} and the file {content}; the file is corrupted or not "
+                    f"the official {name} file, delete it and fetch it again")
 
 
 def _missing_folders(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -313,8 +358,8 @@ def load_dataset(
     """Load `name` ("digits", "mnist" or "fashion-mnist") as a :class:`Dataset`.
 
     `validation`: fraction of the training set held out (chosen with `seed`) as `x_val/y_val`.
-    `download`: fetch the official files when they are found nowhere. `verify`: check the md5
-    digests of compressed files. `search_path`: the folders searched for ``<root>/<name>`` after
+    `download`: fetch the official files when they are found nowhere. `verify`: check each
+    compressed file by its md5, or else by the sha256 of its decompressed payload. `search_path`: the folders searched for ``<root>/<name>`` after
     `data_dir` and $CTGEP_DATA_DIR (default: $CTGEP_DATA_PATH, else :data:`DEFAULT_SEARCH_PATH`;
     see the module's docstring). Raises :class:`DataError` with a one-line explanation.
     """
