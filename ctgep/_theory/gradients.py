@@ -30,6 +30,7 @@ import optimistix as optx
 from jax.flatten_util import ravel_pytree
 
 from .._dynamics import field as F
+from .._errors import ConvergenceError
 from .._dynamics.networks import AbstractDynamics
 from .._simulation.adaptive import Adaptive
 from .._simulation.phases import free_phase, nudged_phase
@@ -176,7 +177,8 @@ def fixed_point(
     free fixed point for a nudged one) with a tight Tsit5 solve until `‖μ^β‖_∞ < tol`; then a
     Newton iteration (optimistix) polishes each sample. `relax=False` skips the ODE and polishes
     `s_init` directly — only for a guess already in the fixed point's basin (e.g. the fixed
-    point of slightly different parameters). Raises if the relaxation does not settle.
+    point of slightly different parameters). Raises :class:`ctgep.ConvergenceError` (a
+    `RuntimeError`) if the relaxation does not settle.
     """
     _check_inputs(net, x, y)
     if isinstance(s_init, PhaseResult):
@@ -192,7 +194,9 @@ def fixed_point(
             _require_converged(free, "free", t_max)
             s_init = free.state
         if beta != 0.0:
-            r = nudged_phase(net, x, y, s_init, beta=beta, solver=_tight(x), t_max=t_max, tol=tol)
+            # nudged_phase stops at tol·min(1, |β|); the Newton polish below only needs `tol`.
+            r = nudged_phase(net, x, y, s_init, beta=beta, solver=_tight(x), t_max=t_max,
+                             tol=tol / min(1.0, abs(float(beta))))
             _require_converged(r, "nudged", t_max)
             s_init = r.state
     elif s_init is None:
@@ -202,9 +206,10 @@ def fixed_point(
 
 
 def _require_converged(result, phase, t_max):
+    """Raise :class:`ctgep.ConvergenceError` (a RuntimeError) unless every sample settled."""
     if not bool(jnp.all(result.converged)):
         worst = float(jnp.max(result.residual))
-        raise RuntimeError(
+        raise ConvergenceError(
             f"the {phase} phase did not reach a fixed point (max residual {worst:.3g} at "
             f"t_max={t_max}); the network may oscillate or t_max is too short"
         )
