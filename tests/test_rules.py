@@ -1,5 +1,7 @@
 """Learning rules: endpoint ν (Eq. 56), integrated ν (Eq. 2, 5), continual mode, nudging variants."""
 
+import warnings
+
 import diffrax
 import equinox as eqx
 import jax
@@ -230,3 +232,11 @@ def test_ep_update_does_not_drop_non_convergence_silently(small_problem):
         u = ctgep.ep_update(net, x, y, beta=0.5, solver="euler", t_free=0.5, t_nudged=0.5)
         jax.block_until_ready(u)
         jax.effects_barrier()
+
+
+def test_a_one_sided_integrated_card_is_warned_about():
+    with pytest.warns(UserWarning, match="orbit area .*studies/nu_comparison/RESULTS.md"):
+        ctgep.load_card("digits", overrides=["learning.rule=integrated", "learning.nudging=one-sided"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ctgep.load_card("digits", overrides=["learning.rule=integrated", "learning.nudging=centered"])

@@ -13,6 +13,7 @@ import math
 import pathlib
 import tomllib
 import typing
+import warnings
 
 from .._dynamics.activations import ACTIVATIONS
 from .._errors import CardError
@@ -293,6 +294,11 @@ def validate(card: Card) -> None:
     _positive(l.beta, "learning.beta")
     if l.rule not in RULES:
         raise CardError(f"learning.rule={l.rule!r} must be one of {list(RULES)}")
+    if l.rule != "endpoint" and l.nudging == "one-sided":
+        warnings.warn(
+            f"learning.rule={l.rule!r} with one-sided nudging: the nudged trajectory's orbit area "
+            "pushes Wb toward −Wfᵀ and training can run away; centered nudging cancels it "
+            "(studies/nu_comparison/RESULTS.md)", UserWarning, stacklevel=2)
     if l.nudging not in NUDGINGS:
         raise CardError(f"learning.nudging={l.nudging!r} must be one of {list(NUDGINGS)}")
     if l.nudging != "one-sided" and l.beta >= 1:

@@ -18,7 +18,9 @@ relaxation, in one process:
     layers, then the even ones from their new state; block Gauss–Seidel, the same fixed point),
     exactly 15 free + 5 nudged steps, each costing the products of one synchronous step.
   * ``gauss-seidel-shift`` — ``gauss-seidel`` with 20 free steps and each training image shifted
-    by up to one pixel (`data.shift=1`), the setting of the shifted-images runs.
+    by up to one pixel (`data.shift=1`), the setting of the shifted-images runs;
+  * ``gs-endpoint``, ``gs-integrated``, ``gs-continual`` (and ``…-centered``: β 0.5, ±β) — the
+    three learning rules at the ``gauss-seidel`` setting, one-sided or centered.
 
 For each it reports the training time per example (timed over the last epoch) and the mean
 number of vector-field evaluations per minibatch, then times *the same matrix products alone*
@@ -64,6 +66,14 @@ SETTINGS = {
 }
 # The setting of the shifted-images runs (`_gauss_seidel_shift1`): 20 free steps, images shifted.
 SETTINGS["gauss-seidel-shift"] = SETTINGS["gauss-seidel"] + ["phases.t_free=20", "data.shift=1"]
+# The learning rules at the Gauss–Seidel setting (issue 21): endpoint, integrated and continual
+# ν, one-sided (β 1) and centered (β 0.5, two nudged phases).
+_RULES = {"endpoint": [], "integrated": ["learning.rule=integrated"],
+          "continual": ["learning.rule=continual", "learning.eta=0.001"]}
+for _rule, _extra in _RULES.items():
+    SETTINGS[f"gs-{_rule}"] = SETTINGS["gauss-seidel"] + _extra
+    SETTINGS[f"gs-{_rule}-centered"] = SETTINGS["gauss-seidel"] + _extra + [
+        "learning.nudging=centered", "learning.beta=0.5"]
 
 
 def products_alone(net, batch, evals_per_batch, repeats=5):
