@@ -111,7 +111,9 @@ def _residual(net, x, y, beta, s):
 class FixedPoints(eqx.Module, strict=True):
     """Fixed points of `μ^β`, per sample: `state` (batched), `residual = ‖μ^β‖∞` there (of the
     unclipped field after the Newton polish; of the projected field when a clipped Euler
-    relaxation is not polished), `converged = residual < tol`, and the relaxation's own outcome
+    relaxation is not polished), `converged`: the relaxation settled and `residual < tol` (a
+    Newton root reached from a state that never settled is no attractor), and the relaxation's
+    own outcome
     (`relax_converged`, `relax_steps`, `relax_time` in τ)."""
 
     state: tuple
@@ -201,7 +203,9 @@ def fixed_points(
         residual = _residual(net, x, yy, beta, s)
     else:
         residual = r.residual
-    converged = jnp.isfinite(residual) & (residual < tol)
+    # Reached by the dynamics (the relaxation settled) and a root to `tol`: Newton from a state
+    # that never settled can land on an unstable fixed point, which is no attractor.
+    converged = r.converged & jnp.isfinite(residual) & (residual < tol)
     return FixedPoints(s, residual, converged, r.converged, r.steps, r.t_stop, tol)
 
 
@@ -506,7 +510,8 @@ def convergence(net, x, *, solver: Euler, y=None, beta: float = 0.0, s_init=None
     """Measured against predicted steps of the Euler relaxation, per sample.
 
     Runs the free phase (β = 0; from `s_init`, default zeros) or the nudged phase (from `s_init`,
-    default the free fixed point) with ``stop_at_steady_state=True`` and one loop per sample
+    default the free fixed point; clipped to the state bounds for the clipped scheme, as the
+    scheme itself holds it) with ``stop_at_steady_state=True`` and one loop per sample
     (`batch="vmap"`), and predicts its steps from the initial residual `r0 = ‖μ^β‖∞` (projected
     for the clipped scheme) and the iteration matrix's spectral radius at the fixed point `fixed`
     (solved if None): `log(tol / r0) / log(radius)` (:func:`predicted_steps`). The prediction is
@@ -523,6 +528,9 @@ def convergence(net, x, *, solver: Euler, y=None, beta: float = 0.0, s_init=None
         start = fixed_points(net, x).state if s_init is None else s_init
     if isinstance(start, (PhaseResult, FixedPoints)):
         start = start.state
+    bounds = net.state_bounds if solver.clip else None
+    if bounds is not None:  # the clipped scheme only ever holds states inside the bounds
+        start = jax.tree_util.tree_map(lambda a: jnp.clip(a, *bounds), start)
     if fixed is None:
         fixed = fixed_points(net, x, y, beta=beta, s_init=start if beta != 0.0 else None)
     s_star = fixed.state if isinstance(fixed, (PhaseResult, FixedPoints)) else fixed
@@ -532,7 +540,7 @@ def convergence(net, x, *, solver: Euler, y=None, beta: float = 0.0, s_init=None
         r = nudged_phase(net, x, y, start, beta=beta, solver=solver, t_max=t_max, tol=tol, batch="vmap")
     it = iteration_spectrum(net, x, s_star, solver=solver, y=y, beta=beta, n_eig=n_eig, method=method, seed=seed)
     h = np.asarray(unit_steps(net, x, start, y=yy, beta=beta, solver=solver), np.float64)
-    r0 = _projected_residual(net, x, yy, beta, start, h, net.state_bounds if solver.clip else None)
+    r0 = _projected_residual(net, x, yy, beta, start, h, bounds)
     pred = predicted_steps(it.spectral_radius.values, r0, tol)
     measured = np.where(np.asarray(r.converged), np.asarray(r.steps, np.float64), np.inf)
     return it.assign(
