@@ -2,76 +2,93 @@
 
 Leaky-integrator networks with untied weights relax to a fixed point (free phase), are nudged
 toward a target (nudged phase), and learn by the local rule `dW ∝ ∂μ/∂W · ds`.
+
+The public names are loaded on first use (a module-level ``__getattr__``, PEP 562): ``import
+ctgep`` does not import JAX, so that ``ctgep --help`` and card errors answer at once, while
+``ctgep.X``, ``from ctgep import X`` and ``dir(ctgep)`` work as for eager imports.
 """
 
-from ._dynamics.activations import ACTIVATIONS as ACTIVATIONS
-from ._dynamics.networks import (
-    AbstractDynamics as AbstractDynamics,
-    EnergyNetwork as EnergyNetwork,
-    LayeredNetwork as LayeredNetwork,
-)
-from ._simulation.phases import free_phase as free_phase, nudged_phase as nudged_phase
-from ._simulation.problem import Observer as Observer, PhaseProblem as PhaseProblem
-from ._simulation.results import PhaseResult as PhaseResult, RESULTS as RESULTS
-from ._observation.plots import (
-    plot_error_signal as plot_error_signal,
-    plot_phase_portrait as plot_phase_portrait,
-    plot_state_heatmaps as plot_state_heatmaps,
-    save_figures as save_figures,
-)
-from ._observation.record import (
-    error_arrival_times as error_arrival_times,
-    load_record as load_record,
-    record as record,
-    record_settings as record_settings,
-)
-from ._learning.rules import (
-    EPStep as EPStep,
-    as_gradient as as_gradient,
-    endpoint_update as endpoint_update,
-    ep_step as ep_step,
-    ep_update as ep_update,
-)
-from ._simulation.adaptive import Adaptive as Adaptive
-from ._simulation.euler import Euler as Euler
-from ._simulation.solver import (
-    AbstractPhaseSolver as AbstractPhaseSolver,
-    AbstractStepper as AbstractStepper,
-    Relaxation as Relaxation,
-)
-from ._dynamics import field as field
-from ._observation.alignment import alignment as alignment
-from ._errors import (
-    CardError as CardError,
-    ConvergenceError as ConvergenceError,
-    CtgepError as CtgepError,
-    DataError as DataError,
-    RunDirError as RunDirError,
-    TrainingError as TrainingError,
-    UsageError as UsageError,
-)
-from ._dynamics.activations import get_activation as get_activation
-from ._experiment.cards import Card as Card, load_card as load_card
-from ._experiment.data import Dataset as Dataset, load_dataset as load_dataset
-from ._experiment.build import (
-    TrainingStep as TrainingStep,
-    build_network as build_network,
-    build_optimizer as build_optimizer,
-    build_solver as build_solver,
-    build_training_step as build_training_step,
-    error_rate as error_rate,
-    initial_network as initial_network,
-)
-from ._experiment.rundir import Run as Run, load_run as load_run
-from ._experiment.loop import (
-    Progress as Progress,
-    evaluate as evaluate,
-    load_card_data as load_card_data,
-    resume as resume,
-    train as train,
-)
-
-from . import gradients as gradients
+import importlib
 
 __version__ = "0.1.0"
-from . import stability as stability
+
+# public name -> the module (relative to this package) that defines it
+_LAZY = {
+    "ACTIVATIONS": "._dynamics.activations",
+    "get_activation": "._dynamics.activations",
+    "AbstractDynamics": "._dynamics.networks",
+    "EnergyNetwork": "._dynamics.networks",
+    "LayeredNetwork": "._dynamics.networks",
+    "ConvNetwork": "._dynamics.conv",
+    "ConvNetwork": "._dynamics.conv",
+    "free_phase": "._simulation.phases",
+    "nudged_phase": "._simulation.phases",
+    "Observer": "._simulation.problem",
+    "PhaseProblem": "._simulation.problem",
+    "PhaseResult": "._simulation.results",
+    "RESULTS": "._simulation.results",
+    "plot_error_signal": "._observation.plots",
+    "plot_phase_portrait": "._observation.plots",
+    "plot_state_heatmaps": "._observation.plots",
+    "save_figures": "._observation.plots",
+    "error_arrival_times": "._observation.record",
+    "load_record": "._observation.record",
+    "record": "._observation.record",
+    "record_settings": "._observation.record",
+    "EPStep": "._learning.rules",
+    "as_gradient": "._learning.rules",
+    "endpoint_update": "._learning.rules",
+    "ep_step": "._learning.rules",
+    "ep_update": "._learning.rules",
+    "Adaptive": "._simulation.adaptive",
+    "Euler": "._simulation.euler",
+    "AbstractPhaseSolver": "._simulation.solver",
+    "AbstractStepper": "._simulation.solver",
+    "Relaxation": "._simulation.solver",
+    "alignment": "._observation.alignment",
+    "CardError": "._errors",
+    "ConvergenceError": "._errors",
+    "CtgepError": "._errors",
+    "DataError": "._errors",
+    "RunDirError": "._errors",
+    "TrainingError": "._errors",
+    "UsageError": "._errors",
+    "Card": "._experiment.cards",
+    "load_card": "._experiment.cards",
+    "Dataset": "._experiment.data",
+    "load_dataset": "._experiment.data",
+    "TrainingStep": "._experiment.build",
+    "build_network": "._experiment.build",
+    "build_optimizer": "._experiment.build",
+    "build_solver": "._experiment.build",
+    "build_training_step": "._experiment.build",
+    "error_rate": "._experiment.build",
+    "initial_network": "._experiment.build",
+    "Run": "._experiment.rundir",
+    "load_run": "._experiment.rundir",
+    "Progress": "._experiment.loop",
+    "evaluate": "._experiment.loop",
+    "load_card_data": "._experiment.loop",
+    "resume": "._experiment.loop",
+    "train": "._experiment.loop",
+}
+# public submodules, imported on first use
+_SUBMODULES = ("field", "gradients", "stability")
+_SUBMODULE_PATHS = {"field": "._dynamics.field", "gradients": ".gradients", "stability": ".stability"}
+
+__all__ = sorted([*_LAZY, *_SUBMODULES])
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    elif name in _SUBMODULE_PATHS:
+        value = importlib.import_module(_SUBMODULE_PATHS[name], __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -100,17 +100,17 @@ def figure(ds, arrival, path):
     fig = Figure(figsize=(11, 4))
     ax1, ax2, ax3 = fig.subplots(1, 3)
     cmap = __import__("matplotlib").colormaps["viridis"]
-    layers = list(ds.layers.values)
+    layers = list(ds.layer.values)
     for net_name, ax in (("untrained", ax1), ("trained", ax2)):
         d = ds.sel(network=net_name, phase="nudged")
         keep = np.isfinite(d.t.values)
         t = d.t.values[keep]
         mag = d.error_magnitude.isel(time=np.flatnonzero(keep)).mean("sample")
         for i, l in enumerate(layers):
-            m = mag.sel(layers=l).values
+            m = mag.sel(layer=l).values
             color = cmap(1 - (i + 1) / (len(layers) + 0.5))
             ax.plot(t, m / m[-1], color=color, label=f"layer {l} (distance {int(layers[-1] - l)})")
-            a = float(arrival.sel(network=net_name, layers=l))
+            a = float(arrival.sel(network=net_name, layer=l))
             ax.plot([a], [0.5], "o", color=color, ms=4)
         ax.axhline(0.5, color="0.7", lw=0.8, ls=":")
         ax.set_xlim(0, min(float(np.nanmax(t)), 4 * float(arrival.sel(network=net_name).max()) + 1))
@@ -205,13 +205,13 @@ def main(argv=None):
         "untrained | trained | final ‖e‖ mean untrained | trained | final ‖e‖ median untrained | trained |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for l in ds.layers.values:
-        a = arrival.sel(layers=l)
+    for l in ds.layer.values:
+        a = arrival.sel(layer=l)
         cells = [a.sel(network=n) for n in ("untrained", "trained")]
-        cells += [med_arrival.sel(layers=l, network=n) for n in ("untrained", "trained")]
+        cells += [med_arrival.sel(layer=l, network=n) for n in ("untrained", "trained")]
         row = [f"{float(c):.3f}" for c in cells]
         row += [f"{float(a.final_magnitude.sel(network=n)):.3g}" for n in ("untrained", "trained")]
-        row += [f"{float(med_final.sel(layers=l, network=n)):.3g}" for n in ("untrained", "trained")]
+        row += [f"{float(med_final.sel(layer=l, network=n)):.3g}" for n in ("untrained", "trained")]
         rows.append(f"| {int(l)} | {int(a.distance)} | " + " | ".join(row) + " |")
     table = "\n".join(rows)
     print()

@@ -200,3 +200,134 @@ def test_console_exit_status_and_stderr():
     assert r.returncode == 2
     assert r.stderr.strip().startswith("ctgep: error:") and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The first contact: fast help and card errors, no JAX on `import ctgep`
+
+
+def _timed(args, **kw):
+    import time
+
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, **kw)
+    return r, time.perf_counter() - t0
+
+
+def test_import_ctgep_does_not_import_jax_and_names_stay_public():
+    code = ("import sys, ctgep; assert 'jax' not in sys.modules, 'jax imported'; "
+            "names = dir(ctgep); assert {'train', 'LayeredNetwork', 'record', 'RESULTS', 'gradients', "
+            "'stability', 'ConvNetwork'} <= set(names), names; "
+            "from ctgep import LayeredNetwork, CardError; assert ctgep.train.__module__.endswith('loop'); "
+            "assert 'jax' in sys.modules; print('ok')")
+    r, _ = _timed(["-c", code])
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_every_public_name_resolves():
+    for name in ctgep.__all__:
+        assert getattr(ctgep, name) is not None, name
+    with pytest.raises(AttributeError):
+        ctgep.no_such_name
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--set", "nosuch.key=1"],
+                                  ["train", "--set", "model.sizes=[64, 16, 16, 10]"]])
+def test_help_and_card_errors_answer_within_a_second(args):
+    """`ctgep --help` and a bad card never import JAX: < 1 s (2 s allowed on a loaded CI machine)."""
+    r, _ = _timed(["-m", "ctgep", *args])  # warm the file cache
+    best = min(_timed(["-m", "ctgep", *args])[1] for _ in range(3))
+    assert r.returncode in (0, 2), r.stderr
+    assert best < 2.0, f"python -m ctgep {' '.join(args)} took {best:.2f} s"
+
+
+def test_cli_modules_import_no_jax():
+    r, _ = _timed(["-c", "import sys, ctgep._cli as c; c.build_parser(); print('jax' in sys.modules)"])
+    assert r.stdout.strip() == "False", r.stderr
+
+
+def test_card_names_agree_with_the_modules_that_define_them():
+    """cards.py spells the names out (no JAX import to read a card); they must stay in step."""
+    from ctgep._dynamics.activations import ACTIVATIONS
+    from ctgep._experiment import cards
+    from ctgep._learning.rules import NUDGINGS, RULES
+    from ctgep._simulation.solvers import SOLVERS
+
+    assert sorted(cards.ACTIVATIONS) == sorted(ACTIVATIONS)
+    assert sorted(cards.SOLVERS) == sorted(SOLVERS)
+    assert tuple(cards.RULES) == tuple(RULES) and tuple(cards.NUDGINGS) == tuple(NUDGINGS)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate: `latest` by default, `best` named for what it is
+
+
+def test_evaluate_defaults_to_latest_and_warns_about_a_best_chosen_on_the_test_set(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert result["checkpoint"] == "latest" and "selected_on" not in result
+    assert "warning" not in captured.err
+    assert main(["evaluate", str(run_dir), "--checkpoint", "best"]) == 0
+    captured = capsys.readouterr()
+    assert "best on the test set checkpoint" in captured.out
+    warning = captured.err.strip()
+    assert warning.startswith("ctgep: warning:") and "chosen on the test set" in warning
+    assert len(warning.splitlines()) == 1
+    assert json.loads((run_dir / "checkpoints" / "best.json").read_text())["best"]["selected_on"] == "test"
+    help_text = ctgep._cli.build_parser()._subparsers._group_actions[0].choices["evaluate"].format_help()
+    assert "latest" in help_text and "test set" in help_text
+    assert ctgep.load_run(run_dir).checkpoint["tag"] == "latest"
+
+
+# ----------------------------------------------------------------------------------------------
+# Never silent: non-convergence, and no progress bar in a log file
+
+
+def test_nonconvergence_is_counted_per_cause_warned_and_summarised(tmp_path):
+    out = tmp_path / "unsettled"
+    # 3 time constants cannot settle the nudged phase to tol 1e-6: every epoch warns.
+    r = subprocess.run([sys.executable, "-m", "ctgep", "train", *TINY, "--set", "phases.tol=1e-6",
+                        "--epochs", "2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env={**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path / "c")})
+    assert r.returncode == 0, r.stderr
+    warnings = [l for l in r.stdout.splitlines() if l.startswith("warning: epoch")]
+    assert len(warnings) == 2 and "nudged phases did not settle" in warnings[0]
+    assert "horizon_reached" in warnings[0]
+    # stderr is a pipe, not a terminal: no progress bar, the epoch lines only (on stdout)
+    assert "\r" not in r.stderr and "batch/s" not in r.stderr and len(r.stderr.splitlines()) <= 2, r.stderr
+    assert sum(l.startswith("epoch ") for l in r.stdout.splitlines()) == 2
+    assert "not settled" in r.stdout
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    for code in ctgep.RESULTS:
+        if code != ctgep.RESULTS.converged:
+            assert f"free_{code.name}" in header and f"nudged_{code.name}" in header
+    summary = json.loads((out / "summary.json").read_text())
+    nudged = summary["nonconverged"]["nudged"]
+    assert nudged["final"] > 0.5 and nudged["final_causes"]["horizon_reached"] == pytest.approx(nudged["final"])
+    assert summary["final"]["nudged_horizon_reached"] == pytest.approx(nudged["final"])
+
+
+def test_console_progress_draws_bars_only_on_a_terminal():
+    import io
+
+    from ctgep._experiment.progress import ConsoleProgress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert ConsoleProgress(True, stream=Tty()).bars
+    assert not ConsoleProgress(True, stream=io.StringIO()).bars
+    assert not ConsoleProgress(False, stream=Tty()).bars
+
+
+def test_nonconverged_warning_line():
+    from ctgep._experiment.progress import nonconverged_warning
+
+    row = {"epoch": 3, "free_nonconverged": 0.0, "nudged_nonconverged": 1.0, "nudged_horizon_reached": 0.75,
+           "nudged_nonfinite_state": 0.25}
+    line = nonconverged_warning(row, 0.05)
+    assert line.startswith("warning: epoch 3:") and "100.00% of the nudged phases" in line
+    assert "horizon_reached 75.00%" in line and "nonfinite_state 25.00%" in line and "free" not in line
+    assert nonconverged_warning(dict(row, nudged_nonconverged=0.01), 0.05) == ""

@@ -32,29 +32,34 @@ def euler_record(problem):
 def test_dims_coords_attrs(problem, euler_record):
     net, x, y = problem
     ds = euler_record
-    for dim in ("phase", "time", "sample", "neuron", "layers", "param"):
+    for dim in ("phase", "time", "sample", "neuron", "layer", "param"):
         assert dim in ds.dims
+    assert "layers" not in ds.dims and "layers" not in ds.variables  # one name for one thing
     assert list(ds.phase.values) == ["free", "nudged"]
     assert ds.sizes["neuron"] == 4 + 3 + 2
-    assert list(ds.layer.values) == [1] * 4 + [2] * 3 + [3] * 2
+    assert list(ds.neuron_layer.values) == [1] * 4 + [2] * 3 + [3] * 2
+    assert list(ds.layer.values) == [1, 2, 3]
     assert list(ds.unit.values) == [0, 1, 2, 3, 0, 1, 2, 0, 1]
-    assert ds.layer.dims == ("neuron",)
+    assert ds.neuron_layer.dims == ("neuron",)
     assert ds.t.dims == ("phase", "time")
     assert ds.state.dims == ("phase", "time", "sample", "neuron")
     assert ds.error.dims == ("phase", "time", "sample", "neuron")
     assert ds.residual.dims == ("phase", "time", "sample")
-    assert ds.error_magnitude.dims == ("phase", "time", "sample", "layers")
-    assert list(ds.param.values) == ["Wf_0", "Wf_1", "Wf_2", "Wb_0", "Wb_1", "b_0", "b_1", "b_2"]
+    assert ds.error_magnitude.dims == ("phase", "time", "sample", "layer")
+    # Parameters are numbered like the layer they feed (1-based, as the layers are)
+    assert list(ds.param.values) == ["Wf_1", "Wf_2", "Wf_3", "Wb_1", "Wb_2", "b_1", "b_2", "b_3"]
     assert list(ds.param_layer.values) == [1, 2, 3, 1, 2, 1, 2, 3]
-    assert ds["increment_Wf_1"].dims == ("phase", "time", "Wf_1_post", "Wf_1_pre")
-    assert ds["increment_b_2"].dims == ("phase", "time", "b_2_post")
+    assert ds["increment_Wf_2"].dims == ("phase", "time", "Wf_2_post", "Wf_2_pre")
+    assert ds["increment_b_3"].dims == ("phase", "time", "b_3_post")
     assert list(ds.label.values) == [0, 1, 0, 1, 0, 1]
     assert ds.attrs["beta"] == BETA and ds.attrs["t_free"] == T
-    model = json.loads(ds.attrs["model"])
+    # lists are arrays, not JSON strings
+    assert isinstance(ds.attrs["model_sizes"], np.ndarray) and ds.attrs["model_sizes"].tolist() == [5, 4, 3, 2]
+    model = ctgep.record_settings(ds)["model"]
     assert model["class"] == "LayeredNetwork" and model["sizes"] == [5, 4, 3, 2]
-    assert model["parameters"]["Wf_0"] == [4, 5]
-    assert json.loads(ds.attrs["solver"]) == {"kind": "euler", "dt": 0.5, "clip": True, "precondition": False,
-                                             "alternate": False}
+    assert model["parameters"]["Wf_1"] == [4, 5] and model["parameters"]["b_3"] == [2]
+    assert ctgep.record_settings(ds)["solver"] == {"kind": "euler", "dt": 0.5, "clip": True, "precondition": False,
+                                                  "alternate": False}
     assert ctgep.record_settings(ds)["sampling"] == {"kind": "steps", "every": 3}
     # nudged-only quantities are NaN in the free phase; the error starts at zero
     assert np.all(np.isnan(ds.error.sel(phase="free")))
@@ -153,7 +158,7 @@ def test_netcdf_round_trip(tmp_path, euler_record):
     back = ctgep.load_record(path)
     xr.testing.assert_identical(back, euler_record)
     assert back.converged.dtype == bool and back.phase.values.tolist() == ["free", "nudged"]
-    assert back.layer.dims == ("neuron",) and back.t.dims == ("phase", "time")
+    assert back.neuron_layer.dims == ("neuron",) and back.t.dims == ("phase", "time")
 
 
 def test_netcdf_round_trip_h5netcdf(tmp_path, euler_record):
@@ -168,13 +173,13 @@ def test_monitors_subset_and_grid(problem):
     grid = np.arange(0.0, 12.5, 1.0)
     ds = ctgep.record(
         net, x, y, beta=BETA, solver="euler", t_free=T, t_nudged=10.0, layers=[-1, 1],
-        neurons={1: [3, 0], -1: 1}, samples=[4, 1], sampling=grid, increments=["Wf_2"],
+        neurons={1: [3, 0], -1: 1}, samples=[4, 1], sampling=grid, increments=["Wf_3"],
     )
     assert list(ds.sample.values) == [4, 1]
-    assert list(ds.layer.values) == [1, 1, 3] and list(ds.unit.values) == [3, 0, 0]
+    assert list(ds.neuron_layer.values) == [1, 1, 3] and list(ds.unit.values) == [3, 0, 0]
     assert list(ds.neuron.values) == [3, 0, 7]  # global index over layers of widths 4, 3, 2
     np.testing.assert_array_equal(ds.time.values, grid)
-    assert [v for v in ds.data_vars if v.startswith("increment_")] == ["increment_Wf_2"]
+    assert [v for v in ds.data_vars if v.startswith("increment_")] == ["increment_Wf_3"]
     # the nudged phase's horizon (10) ends before the grid: NaN there, as is t
     t_nudged = ds.t.sel(phase="nudged").values
     assert np.all(np.isnan(t_nudged[grid > 10])) and np.allclose(t_nudged[grid <= 10], grid[grid <= 10])
@@ -209,16 +214,16 @@ def test_bad_monitors(problem, kwargs, match):
 def test_arrival_times_and_figures(tmp_path, euler_record):
     ds = euler_record
     arrival = ctgep.error_arrival_times(ds)
-    assert arrival.dims == ("layers",)
+    assert arrival.dims == ("layer",)
     # the nudge acts on the output layer: the error reaches it before it reaches layer 1
-    assert 0 < float(arrival.sel(layers=3)) < float(arrival.sel(layers=1))
+    assert 0 < float(arrival.sel(layer=3)) < float(arrival.sel(layer=1))
     # by definition the mean magnitude at the arrival time is half its final value
     mag = ds.error_magnitude.sel(phase="nudged").mean("sample").dropna("time")
     t = ds.t.sel(phase="nudged").dropna("time").values
     for l in (1, 2, 3):
-        m = mag.sel(layers=l).values
-        assert np.interp(float(arrival.sel(layers=l)), t, m) == pytest.approx(0.5 * m[-1], rel=1e-6)
-    assert ctgep.error_arrival_times(ds, per_sample=True).dims == ("sample", "layers")
+        m = mag.sel(layer=l).values
+        assert np.interp(float(arrival.sel(layer=l)), t, m) == pytest.approx(0.5 * m[-1], rel=1e-6)
+    assert ctgep.error_arrival_times(ds, per_sample=True).dims == ("sample", "layer")
     paths = ctgep.save_figures(ds, tmp_path)
     assert set(paths) == {"error_signal", "state_heatmaps", "error_heatmaps", "phase_portrait"}
     for p in paths.values():
@@ -237,7 +242,7 @@ def test_cli_record(tmp_path, capsys):
     assert main(argv) == 0
     ds = ctgep.load_record(out / "record.nc")
     assert ds.sizes["sample"] == 3 and ds.sizes["neuron"] == 6 + 5 + 10
-    assert "increment_b_2" in ds and json.loads(ds.attrs["solver"])["kind"] == "euler"
+    assert "increment_b_2" in ds and ctgep.record_settings(ds)["solver"]["kind"] == "euler"
     assert ctgep.record_settings(ds)["sampling"] == {"kind": "steps", "every": 4}
     for name in ("error_signal", "state_heatmaps", "error_heatmaps", "phase_portrait"):
         assert (out / f"{name}.png").is_file()
@@ -249,3 +254,119 @@ def test_cli_record(tmp_path, capsys):
     assert "--precondition scales the Euler step" in capsys.readouterr().err
     assert main(["record", "--sizes", "64,6,5,10", "--alternate", "--out", str(tmp_path / "r3")]) == 2
     assert "--alternate orders the Euler step's layer updates" in capsys.readouterr().err
+
+
+def _numeric(var):
+    return np.issubdtype(var.dtype, np.number) or var.dtype == bool
+
+
+def test_netcdf_attributes_follow_cf_conventions(tmp_path, problem):
+    """Every variable and coordinate of record.nc, as read from disk, has a long_name, and every
+    numeric one CF-style units; times are in membrane time constants ("tau")."""
+    net, x, y = problem
+    ds = ctgep.record(net, x, y, beta=BETA, solver="euler", t_free=T, t_nudged=T, increments=["Wf_1"])
+    ds.to_netcdf(tmp_path / "record.nc")
+    with xr.open_dataset(tmp_path / "record.nc") as disk:
+        missing = [n for n, v in disk.variables.items()
+                   if not v.attrs.get("long_name") or (_numeric(v) and not v.attrs.get("units"))]
+        assert not missing, f"variables without long_name/units: {missing}"
+        for name in ("time", "t", "t_stop"):
+            assert disk[name].attrs["units"] == "tau", name
+        assert disk.residual.attrs["units"] == "1/tau"
+        assert disk.result.attrs["flag_meanings"].split() == [r.name for r in ctgep.RESULTS]
+        assert list(disk.result.attrs["flag_values"]) == [int(r) for r in ctgep.RESULTS]
+        # settings as attributes netCDF holds natively: numbers and arrays, not JSON strings
+        assert list(disk.attrs["model_sizes"]) == [5, 4, 3, 2]
+        assert disk.attrs["solver_kind"] == "euler" and disk.attrs["sampling_kind"] == "grid"
+        assert "model" not in disk.attrs and "solver" not in disk.attrs
+    assert ctgep.record_settings(ctgep.load_record(tmp_path / "record.nc"))["solver"]["clip"] is True
+    arrival = ctgep.error_arrival_times(ds)
+    assert arrival.attrs["units"] == "tau" and arrival.distance.attrs["units"] == "1"
+
+
+def _old_layout(ds):
+    """`ds` as ctgep wrote it before: a `layers` dim beside the neurons' `layer`, 0-based
+    parameter names and JSON attributes."""
+    old = ds.drop_vars(["result", "param_rows", "param_columns"]).rename({"layer": "layers"}).rename(
+        {"neuron_layer": "layer"})
+    renames = {}
+    for n in ds.param.values:
+        base, _, i = str(n).rpartition("_")
+        o = f"{base}_{int(i) - 1}"
+        if f"increment_{n}" in ds:
+            renames[f"increment_{n}"] = f"increment_{o}"
+            renames.update({d: d.replace(str(n), o, 1) for d in ds[f"increment_{n}"].dims[2:]})
+    old = old.rename({k: f"tmp_{k}" for k in renames}).rename({f"tmp_{k}": v for k, v in renames.items()})
+    old = old.assign_coords(param=[f"{str(n).rpartition('_')[0]}_{int(str(n).rpartition('_')[2]) - 1}"
+                                   for n in ds.param.values])
+    settings = ctgep.record_settings(ds)
+    old.attrs = {k: v for k, v in ds.attrs.items()
+                 if not k.startswith(("model_", "solver_", "sampling_")) and k != "parameter_numbering"}
+    old.attrs.update(model=json.dumps(settings["model"]), solver=json.dumps(settings["solver"]),
+                     sampling=json.dumps(settings["sampling"]))
+    return old
+
+
+def test_load_record_reads_the_old_layout(tmp_path, euler_record):
+    old = _old_layout(euler_record)
+    assert "layers" in old.dims and "increment_Wf_0" in old and "Wf_0_post" in old.dims
+    old.to_netcdf(tmp_path / "old.nc")
+    back = ctgep.load_record(tmp_path / "old.nc")
+    assert "layers" not in back.dims and list(back.layer.values) == [1, 2, 3]
+    assert list(back.neuron_layer.values) == list(euler_record.neuron_layer.values)
+    assert list(back.param.values) == list(euler_record.param.values)
+    for n in euler_record.param.values:
+        np.testing.assert_array_equal(back[f"increment_{n}"].values, euler_record[f"increment_{n}"].values)
+        assert back[f"increment_{n}"].dims == euler_record[f"increment_{n}"].dims
+    assert ctgep.record_settings(back)["solver"] == ctgep.record_settings(euler_record)["solver"]
+    assert float(ctgep.error_arrival_times(back).sel(layer=3)) == float(ctgep.error_arrival_times(euler_record).sel(layer=3))
+
+
+def test_figures_log_axis_labelled_colourbars_and_subsampled_layers():
+    """The error signal is on a log axis (layers differ by orders of magnitude); heatmaps have a
+    labelled colour bar per layer and show at most `max_neurons` units of a 512-unit layer."""
+    net = ctgep.LayeredNetwork((5, 512, 2), key=jr.PRNGKey(0))
+    x = jr.uniform(jr.PRNGKey(1), (2, 5))
+    y = jax.nn.one_hot(jnp.arange(2) % 2, 2)
+    ds = ctgep.record(net, x, y, beta=BETA, solver="euler", t_free=5.0, t_nudged=5.0)
+    fig = ctgep.plot_error_signal(ds)
+    assert fig.axes[0].get_yscale() == "log" and "$" in fig.axes[0].get_ylabel()
+    fig = ctgep.plot_state_heatmaps(ds, variable="error")
+    panels = [ax for ax in fig.axes if ax.collections]
+    rows = [ax.collections[0].get_array().reshape(-1, ds.sizes["time"]).shape[0]
+            if ax.collections[0].get_array().ndim == 1 else ax.collections[0].get_array().shape[0]
+            for ax in panels[:1]]
+    assert rows == [64] and "64 of 512" in panels[0].get_ylabel()
+    colourbars = [ax for ax in fig.axes if ax not in panels or not ax.get_xlabel()]
+    assert sum(bool(ax.get_ylabel()) for ax in fig.axes) >= 4  # 2 panels + 2 labelled colour bars
+    assert any("error" in ax.get_ylabel() for ax in colourbars)
+
+
+def test_cli_record_checks_options_and_output_before_computing(tmp_path, capsys):
+    from ctgep._cli import main
+
+    base = ["record", "--sizes", "64,6,10", "--solver", "euler", "--samples", "2"]
+    (tmp_path / "file").write_text("")
+    for extra, words in ((["--dt", "0"], "--dt=0.0"), (["--dt", "-1"], "--dt=-1.0"),
+                         (["--t-free", "0"], "--t-free"), (["--tol", "-1"], "--tol"),
+                         (["--neurons", "0"], "--neurons"), (["--every", "0"], "--every")):
+        assert main(base + extra + ["--out", str(tmp_path / "r")]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ctgep: error:") and words in err and "\n" not in err
+    assert main(base + ["--out", str(tmp_path / "file" / "r")]) == 2  # a file where a folder must be
+    assert "is a file" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "file")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_record_source_names_the_network_with_an_adaptive_solver(tmp_path, capsys):
+    from ctgep._cli import main
+
+    out = tmp_path / "rec"
+    argv = ["record", "--sizes", "64,6,10", "--samples", "2", "--solver", "tsit5", "--t-free", "5",
+            "--t-nudged", "5", "--layers=-1,1", "--no-figures", "--out", str(out)]
+    assert main(argv) == 0
+    ds = ctgep.load_record(out / "record.nc")
+    assert ds.attrs["source"].startswith("untrained 64-6-10 network"), ds.attrs["source"]
+    assert "Euler" not in capsys.readouterr().out

@@ -102,7 +102,9 @@ def test_train_returns_the_run_it_wrote(small_data, tmp_path):
         assert run.metrics.identical(back.metrics)
 
     run = ctgep.train("digits", tmp_path / "r", overrides=SMALL, **quiet)
-    assert run.checkpoint["tag"] == "best" and run.checkpoint["epoch"] == run.summary["best"]["epoch"]
+    # the final network (`latest`), not the one chosen on the test set
+    assert run.checkpoint["tag"] == "latest" and run.checkpoint["epoch"] == run.summary["epochs_done"]
+    assert run.summary["best"]["selected_on"] == "test"
     same(run, ctgep.load_run(tmp_path / "r"))
     same(ctgep.resume(tmp_path / "r", epochs=3, **quiet), ctgep.load_run(tmp_path / "r"))
     same(ctgep.resume(tmp_path / "r", **quiet), ctgep.load_run(tmp_path / "r"))  # nothing left to do
@@ -396,3 +398,72 @@ def test_a_run_with_shift_epochs_switches_to_plain_images_after_them(tmp_path):
     assert cost(first)[0] == cost(always)[0]  # epoch 1 shifted in both
     assert cost(first)[1] != cost(always)[1]  # epoch 2 plain in one
     assert "shift_epochs = 1" in (tmp_path / "first" / "card.toml").read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directories damaged by a kill or by hand
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_be_resumed_or_restarted(small_data, tmp_path):
+    """A kill during the first checkpoint write leaves card.toml and a temporary file: `resume`
+    starts the run from its card, and `train --out` may reuse the folder."""
+    quiet = dict(progress=False, log=lambda *a: None, data=small_data)
+    ref = ctgep.train("digits", tmp_path / "ref", overrides=SMALL, **quiet)
+    for name in ("resumed", "restarted"):
+        out = tmp_path / name
+        (out / "checkpoints").mkdir(parents=True)
+        (out / "card.toml").write_text((tmp_path / "ref" / "card.toml").read_text())
+        (out / "checkpoints" / ".latest-000000000.eqx.abc123.tmp").write_bytes(b"partial")
+    with pytest.raises(ctgep.RunDirError, match="no checkpoint yet"):
+        ctgep.load_run(tmp_path / "resumed")
+    resumed = ctgep.resume(tmp_path / "resumed", **quiet)
+    restarted = ctgep.train("digits", tmp_path / "restarted", overrides=SMALL, **quiet)
+    for run in (resumed, restarted):
+        assert _same_params(run.net, ref.net)
+        assert _without_timing(_rows(run.path)) == _without_timing(_rows(tmp_path / "ref"))
+        assert not list((run.path / "checkpoints").glob("*.tmp"))
+
+
+def test_a_truncated_latest_sidecar_resumes_from_best(small_data, tmp_path):
+    quiet = dict(progress=False, log=lambda *a: None, data=small_data)
+    ref = ctgep.train("digits", tmp_path / "ref", overrides=SMALL, **quiet)
+    ctgep.train("digits", tmp_path / "cut", overrides=SMALL, epochs=1, **quiet)
+    side = tmp_path / "cut" / "checkpoints" / "latest.json"
+    side.write_text(side.read_text()[:40])
+    messages = []
+    resumed = ctgep.resume(tmp_path / "cut", epochs=2, progress=False, log=messages.append, data=small_data)
+    assert any("resuming from the best checkpoint" in m and "truncated" in m for m in messages), messages
+    assert _same_params(resumed.net, ref.net)
+
+
+def test_a_missing_parameter_file_is_named(small_data, tmp_path):
+    quiet = dict(progress=False, log=lambda *a: None, data=small_data)
+    ctgep.train("digits", tmp_path / "r", overrides=SMALL, epochs=1, **quiet)
+    folder = tmp_path / "r" / "checkpoints"
+    eqx_file = folder / json.loads((folder / "best.json").read_text())["params_file"]
+    if (folder / "latest.json").read_text() and eqx_file.name == json.loads((folder / "latest.json").read_text())["params_file"]:
+        pytest.skip("best and latest share a file")
+    eqx_file.unlink()
+    with pytest.raises(ctgep.RunDirError) as e:
+        ctgep.load_run(tmp_path / "r", "best")
+    assert eqx_file.name in str(e.value) and "is missing" in str(e.value) and "best.json is" not in str(e.value)
+    assert e.value.exit_code == 2
+
+
+def test_training_figure_log_error_axis_title_and_one_epoch_limits(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from ctgep._experiment import rundir
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    row = {"epoch": 1, "train_error": 0.2, "test_error": 0.03, "cos_1_2": 0.5, "trace_1_2": 2.0}
+    rundir.plot_metrics([row], tmp_path / "training.png", title="digits: run-1")
+    (fig,) = figures
+    top, middle, bottom = fig.axes
+    assert top.get_yscale() == "log" and top.get_title() == "digits: run-1"
+    assert "$" in middle.get_ylabel() and "$" in bottom.get_ylabel()
+    assert bottom.get_xlim() == (0.5, 1.5) and list(bottom.get_xticks()) == [1]
+    lo, hi = top.get_ylim()
+    assert lo < 3 and 20 < hi <= 100
+    assert (tmp_path / "training.png").read_bytes()[:4] == b"\x89PNG"

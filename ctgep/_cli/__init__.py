@@ -1,7 +1,12 @@
-"""The `ctgep` command line. Each subcommand lives in its own module and registers here."""
+"""The `ctgep` command line. Each subcommand lives in its own module and registers here.
+
+Nothing here imports JAX: the subcommand modules import it inside the functions that compute,
+so `ctgep --help` and a bad option or card are answered at once (tests/test_cli.py times it).
+"""
 
 import argparse
 import sys
+import warnings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import check
 
     check.register(sub)
+    from . import stability
+
+    stability.register(sub)
     return parser
 
 
@@ -36,10 +44,22 @@ def main(argv=None) -> int:
     operating-system error (disk full, permission denied) with 1, an interrupt with 130.
     Usage errors argparse finds itself exit with 2 and its usage message.
     """
-    from .._errors import CtgepError
-
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # restored on exit, so callers keep their own
+        return _run(args)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings (a phase that did not settle, a checkpoint chosen on the test set …) reach the
+    console as one line each, without the source location."""
+    print(f"ctgep: warning: {_one_line(message)}", file=sys.stderr)
+
+
+def _run(args) -> int:
+    from .._errors import CtgepError
+
     try:
         return int(args.func(args) or 0)
     except CtgepError as e:

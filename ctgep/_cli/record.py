@@ -6,14 +6,17 @@ message on stderr and exit status 2, never with a traceback.
 
 import argparse
 import json
+import math
+import os
 import pathlib
+import tempfile
 
 _EPILOG = """\
 examples:
   ctgep record --out rec/                                  # untrained 64-32-32-10 net on digits
   ctgep record runs/digits-20250101-120000 --out rec/      # a trained run (best checkpoint)
-  ctgep record digits --sizes 64,64,64,64,10 --every 5 --layers -1,1 --neurons 16 --out rec/
-  ctgep record --checkpoint runs/x --which latest --grid 400 --increments Wf_2,b_2 --out rec/
+  ctgep record digits --sizes 64,64,64,64,10 --every 5 --layers=-1,1 --neurons 16 --out rec/
+  ctgep record --checkpoint runs/x --grid 400 --increments Wf_2,b_2 --out rec/
 
 writes OUT/record.nc (load it with ctgep.load_record) and OUT/{error_signal,state_heatmaps,
 error_heatmaps,phase_portrait}.png, and prints the error signal's arrival time per layer.
@@ -44,8 +47,9 @@ def register(subparsers) -> None:
                         "network built from --sizes")
     p.add_argument("--checkpoint", metavar="RUN_DIR", default=None,
                    help="same as giving RUN_DIR as the positional argument")
-    p.add_argument("--which", choices=("best", "latest"), default="best",
-                   help="which checkpoint of a run directory (default: best)")
+    p.add_argument("--which", choices=("latest", "best"), default="latest",
+                   help="which checkpoint of a run directory: latest (the final epoch, the default) "
+                        "or best (lowest validation error, else lowest test error)")
     p.add_argument("--sizes", default=None, metavar="N0,N1,...",
                    help="layer widths input → output when no run/card is given (default 64,32,32,10), "
                         "or replacing the card's")
@@ -68,7 +72,8 @@ def register(subparsers) -> None:
     p.add_argument("--t-nudged", type=float, default=50.0, help="nudged-phase horizon (default 50)")
     p.add_argument("--tol", type=float, default=1e-4, help="steady-state tolerance on ‖μ‖∞ (default 1e-4)")
     p.add_argument("--layers", default=None, metavar="L1,L2",
-                   help="dynamic layers whose neurons are recorded, 1..L or −1 = output (default all)")
+                   help="dynamic layers whose neurons are recorded, 1..L or -1 = output (default all); "
+                        "write a list starting with -1 as --layers=-1,1")
     p.add_argument("--neurons", type=int, default=None, metavar="K",
                    help="record the first K neurons of each chosen layer (default all)")
     s = p.add_mutually_exclusive_group()
@@ -78,7 +83,7 @@ def register(subparsers) -> None:
                    help="record at N evenly spaced times (default 201)")
     p.add_argument("--increments", default=None, metavar="P1,P2|all",
                    help="parameters whose running synapse increment is recorded in full, e.g. Wf_2,b_2 "
-                        "(norms of all are always recorded)")
+                        "(Wf_l, Wb_l and b_l feed layer l; norms of all are always recorded)")
     p.add_argument("--no-figures", action="store_true", help="write the netCDF file only")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.set_defaults(func=_record)
@@ -131,8 +136,6 @@ def _inputs(args, card, net):
     from .._errors import UsageError
     from .._experiment.data import load_dataset
 
-    if args.samples < 1:
-        raise UsageError(f"--samples={args.samples} must be ≥ 1")
     name = args.data or (card.data.dataset if card is not None else "digits")
     data_dir = args.data_dir or (card.data.data_dir or None if card is not None else None)
     data = load_dataset(name, data_dir=data_dir, download=False)
@@ -146,6 +149,56 @@ def _inputs(args, card, net):
     return x, y, name
 
 
+def _positive(value, name, integer=False):
+    from .._errors import UsageError
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"--{name}={value!r} must be a positive {'integer' if integer else 'number'}")
+
+
+def _writable_folder(out: pathlib.Path) -> None:
+    """Refuse, before any work, an --out that exists as a file or cannot be created or written."""
+    from .._errors import UsageError
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} exists and is not a folder")
+    parent = out
+    while not parent.exists():  # the nearest existing ancestor must be a writable folder
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder")
+    probe_dir = out if out.exists() else parent
+    try:
+        fd, probe = tempfile.mkstemp(dir=probe_dir, prefix=".ctgep-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"--out {str(out)!r} cannot be written ({e.strerror or e})") from None
+
+
+def _validate(args) -> None:
+    """Every option checked before anything is computed (and --out before minutes of work)."""
+    from .._errors import UsageError
+
+    if args.samples < 1:
+        raise UsageError(f"--samples={args.samples} must be ≥ 1")
+    for name in ("dt", "t_free", "t_nudged", "tol"):
+        _positive(getattr(args, name), name.replace("_", "-"))
+    for name in ("neurons", "every"):
+        _positive(getattr(args, name), name, integer=True)
+    if args.beta is not None and not (math.isfinite(args.beta) and args.beta != 0):
+        raise UsageError(f"--beta={args.beta!r} must be a finite non-zero nudging strength")
+    if args.grid is not None and args.grid < 2:
+        raise UsageError(f"--grid={args.grid} needs at least 2 points")
+    if args.dt is not None and (args.solver or "tsit5") != "euler":
+        raise UsageError(f"--dt is the Euler step; add --solver euler")
+    if args.layers:
+        _ints(args.layers, "layers")
+    if args.data_dir is not None and not pathlib.Path(args.data_dir).expanduser().is_dir():
+        raise UsageError(f"--data-dir {args.data_dir!r} is not a folder")
+    _writable_folder(pathlib.Path(args.out))
+
+
 def _record(args) -> int:
     """Run `ctgep record`; ctgep's errors go to `ctgep._cli.main`.
 
@@ -154,6 +207,7 @@ def _record(args) -> int:
     """
     from .._errors import CtgepError, UsageError
 
+    _validate(args)
     try:
         return _run(args)
     except CtgepError:
@@ -187,8 +241,6 @@ def _run(args) -> int:
     elif args.steps:
         sampling = "steps"
     elif args.grid is not None:
-        if args.grid < 2:
-            raise ValueError(f"--grid={args.grid} needs at least 2 points")
         import numpy as np
 
         sampling = np.linspace(0.0, max(args.t_free, args.t_nudged), args.grid)
@@ -217,8 +269,8 @@ def _run(args) -> int:
           f"{ds.sizes['time']} time points × {ds.sizes['neuron']} neurons")
     arrival = error_arrival_times(ds)
     print("  layer  distance from output  error arrival time (half of final)  final |error| (RMS)")
-    for l in ds.layers.values:
-        a = arrival.sel(layers=l)
+    for l in ds.layer.values:
+        a = arrival.sel(layer=l)
         print(f"  {int(l):5d}  {int(a.distance):20d}  {float(a):35.3f}  {float(a.final_magnitude):.4g}")
     if not args.no_figures:
         for key, p in save_figures(ds, out).items():

@@ -23,6 +23,7 @@ from .._dynamics.conv import ConvNetwork
 from .._dynamics.networks import LayeredNetwork
 from .._learning.rules import as_gradient, ep_step
 from .._simulation.phases import free_phase
+from .._simulation.results import RESULTS
 from .._simulation.solvers import Euler, get_solver
 from .augment import shift_images
 from .cards import Card
@@ -30,9 +31,13 @@ from .cards import Card
 __all__ = ["TrainingStep", "build_network", "build_optimizer", "build_solver", "build_training_step",
            "error_rate", "initial_network", "run_keys"]
 
+# Why a phase did not settle: one count per phase and per RESULTS code other than `converged`
+# (`free_horizon_reached`, `nudged_max_steps_reached` …), so that the metrics name each cause.
+CAUSES = tuple(r for r in RESULTS if r != RESULTS.converged)
+CAUSE_STATS = tuple(f"{phase}_{r.name}" for phase in ("free", "nudged") for r in CAUSES)
 # The statistics one epoch accumulates on the device (sums over its minibatches).
 STATS = ("batches", "examples", "errors", "cost", "free_steps", "free_time", "nudged_steps",
-         "nudged_time", "free_nonconverged", "nudged_nonconverged", "nonfinite")
+         "nudged_time", "free_nonconverged", "nudged_nonconverged", *CAUSE_STATS, "nonfinite")
 # Per output unit: how many training examples of the epoch left it off its lower clip bound in
 # the free phase. A unit at 0 for every example is "silent": its class is never predicted, and
 # while its drive stays below −β neither nudge lifts it, so only its inputs' learning can revive
@@ -219,6 +224,9 @@ def build_training_step(card: Card, steps_per_epoch: int = 1) -> TrainingStep:
             "nonfinite": (~finite).astype(f),
             ACTIVE: _active_outputs(net, r.free.state).astype(f),
         }
+        for cause in CAUSES:  # the nudged counts are averaged over the nudged phases, as above
+            stats[f"free_{cause.name}"] = jnp.sum(r.free.code == int(cause)).astype(f)
+            stats[f"nudged_{cause.name}"] = sum(jnp.sum(n.code == int(cause)) for n in r.nudged).astype(f) / len(r.nudged)
         accum = {k: accum[k] + stats[k] for k in accum}
         return new, opt_state, accum, free_rows
 

@@ -15,11 +15,17 @@ import tomllib
 import typing
 import warnings
 
-from .._dynamics.activations import ACTIVATIONS
 from .._errors import CardError
 from .._experiment.data import DATASETS, _ALIASES
-from .._learning.rules import NUDGINGS, RULES
-from .._simulation.solvers import SOLVERS
+
+# The names a card may use. Spelled out here rather than imported from the modules that define
+# them (ctgep._dynamics.activations.ACTIVATIONS, ctgep._learning.rules.RULES / NUDGINGS,
+# ctgep._simulation.solvers.SOLVERS) so that reading and validating a card does not import JAX:
+# a bad card is reported at once. tests/test_cli.py checks that the lists agree.
+ACTIVATIONS = ("hard_sigmoid", "sigmoid", "smooth_hard_sigmoid", "tanh")
+SOLVERS = ("tsit5", "dopri5", "kvaerno5", "euler")
+RULES = ("endpoint", "integrated", "continual")
+NUDGINGS = ("one-sided", "random", "centered")
 
 __all__ = ["Card", "CardError", "builtin_cards", "card_from_dict", "load_card", "validate"]
 

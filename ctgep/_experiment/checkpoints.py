@@ -87,22 +87,36 @@ def prune(folder: pathlib.Path) -> None:
 
 def _read_checked(folder: pathlib.Path, side: pathlib.Path, meta: dict, file_key: str, sha_key: str) -> bytes:
     """The bytes of the file a sidecar names under `file_key`, checked against its sha256."""
+    if not isinstance(meta.get(file_key), str):
+        raise RunDirError(f"checkpoint sidecar {side} names no {file_key}; it is damaged")
+    path = folder / meta[file_key]
     try:
-        blob = (folder / meta[file_key]).read_bytes()
-    except (OSError, KeyError) as e:
-        raise RunDirError(f"checkpoint {side} is missing or unreadable ({e.__class__.__name__})") from None
+        blob = path.read_bytes()
+    except OSError as e:
+        what = "is missing" if isinstance(e, FileNotFoundError) else f"cannot be read ({e.__class__.__name__})"
+        raise RunDirError(f"checkpoint file {path} (named by {side.name}) {what}") from None
     if hashlib.sha256(blob).hexdigest() != meta.get(sha_key):
         raise RunDirError(f"checkpoint {folder / meta[file_key]} does not match its sidecar's sha256")
     return blob
 
 
+def read_sidecar(side: pathlib.Path) -> dict:
+    """The JSON sidecar `side`; a RunDirError that says whether it is missing or damaged."""
+    try:
+        meta = json.loads(side.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"checkpoint sidecar {side} is missing") from None
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"checkpoint sidecar {side} is unreadable or truncated ({e.__class__.__name__})") from None
+    if not isinstance(meta, dict):
+        raise RunDirError(f"checkpoint sidecar {side} is damaged (not a JSON object)")
+    return meta
+
+
 def load(folder: pathlib.Path, tag: str, like):
     """`(tree, sidecar)` of checkpoint `tag`; `like` gives the tree's structure and shapes."""
     side = folder / f"{tag}.json"
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"checkpoint {side} is missing or unreadable ({e.__class__.__name__})") from None
+    meta = read_sidecar(side)
     blob = _read_checked(folder, side, meta, "params_file", "sha256")
     try:
         tree = eqx.tree_deserialise_leaves(io.BytesIO(blob), like)

@@ -17,6 +17,7 @@ import dataclasses
 import math
 import pathlib
 import time
+import warnings
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ import numpy as np
 from .._errors import CardError, RunDirError, TrainingError, UsageError
 from .._observation.alignment import alignment
 from . import checkpoints, rundir
-from .build import (ACTIVE, STATS, TrainingStep, build_network, build_training_step, error_rate,
+from .build import (ACTIVE, CAUSE_STATS, STATS, TrainingStep, build_network, build_training_step, error_rate,
                     permutation, run_keys, silent_outputs, zero_stats)
 from .cards import Card, load_card
 from .data import Dataset, load_dataset
@@ -163,16 +164,11 @@ class Trainer:
         setattr(self, tag, (net, meta))
 
     def result(self) -> Run:
-        """The run as :func:`load_run` would read it back (best checkpoint), from memory."""
-        best = self.best
-        if best is None and (self.ckpt / "best.json").is_file():  # written by an earlier process
-            (net, _), meta = checkpoints.load(self.ckpt, "best", rundir.checkpoint_shape(self.card))
-            best = (net, meta)
-        tag = "best" if best is not None else "latest"
-        net, meta = best if best is not None else self.latest
-        rows = (self.latest[1] if self.latest is not None else meta).get("history") or []
+        """The run as :func:`load_run` reads it back (the `latest` checkpoint), from memory."""
+        net, meta = self.latest
+        rows = meta.get("history") or []
         summary = self.summary or rundir.read_summary(self.dir)  # none written: resumed after the end
-        return Run(self.dir, self.card, net, dict(meta, tag=tag), rundir.metrics_dataset(rows), summary)
+        return Run(self.dir, self.card, net, dict(meta, tag="latest"), rundir.metrics_dataset(rows), summary)
 
     # -- the loop
 
@@ -235,10 +231,13 @@ class Trainer:
                 row = self._epoch_row(net, epoch, stats, time.perf_counter() - t0)
                 silent = silent_outputs(stats)
                 history.append(row)
+                # Selected on the validation split when there is one, else (the paper's
+                # practice, an optimistic test error) on the test set: the sidecar says which.
+                on = "validation" if "val_error" in row else "test"
                 score = row.get("val_error", row["test_error"])
                 is_best = best is None or score < best["score"]
                 if is_best:
-                    best = {"epoch": epoch + 1, "score": score}
+                    best = {"epoch": epoch + 1, "score": score, "selected_on": on}
                 epoch, batch, stats, elapsed = epoch + 1, 0, zero_stats(n_out), 0.0
                 meta = self.meta(epoch, batch, step, stats, 0.0, history, best)
                 if is_best:
@@ -248,7 +247,8 @@ class Trainer:
                 self.summary = rundir.write_summary(self.dir, self.card, self.data, history, best,
                                                     "running" if epoch < t.epochs else "finished")
                 if epoch == t.epochs or time.perf_counter() - self.last_plot > 30:
-                    rundir.plot_metrics(history, self.dir / "training.png")
+                    rundir.plot_metrics(history, self.dir / "training.png",
+                                        title=f"{self.card.name}: {self.dir.resolve().name}")
                     self.last_plot = time.perf_counter()
                 hooks.epoch_end(row, silent)
         finally:
@@ -268,6 +268,7 @@ class Trainer:
                    nudged_time=a["nudged_time"] / nb, nudged_steps=a["nudged_steps"] / nb,
                    free_nonconverged=a["free_nonconverged"] / n,
                    nudged_nonconverged=a["nudged_nonconverged"] / n,
+                   **{k: a[k] / n for k in CAUSE_STATS},
                    silent_outputs=len(silent_outputs(stats)),
                    wall_time=wall, examples_per_s=n / max(wall, 1e-9))
         row.update(alignment(net))
@@ -293,7 +294,8 @@ def train(card=None, out=None, *, overrides=(), epochs=None, data=None, data_dir
     """Train the card (a :class:`Card`, a path, or a built-in name; default "digits").
 
     Writes a run directory `out` (default ``runs/<name>-<timestamp>``, which must not exist or
-    be empty) and returns the run as :func:`load_run` would read it back (best checkpoint).
+    be empty) and returns the run as :func:`load_run` reads it back (its `latest` checkpoint:
+    the final network).
 
     `data`: a :class:`Dataset` to train on instead of loading the card's (`data.max_train` /
     `data.max_test` still apply; pass the same dataset to :func:`resume`). `data_dir`: where the
@@ -310,10 +312,16 @@ def train(card=None, out=None, *, overrides=(), epochs=None, data=None, data_dir
     if epochs is not None:
         card = _with_epochs(card, epochs)
     out = rundir.default_out(card) if out is None else pathlib.Path(out)
+    restart = False
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RunDirError(f"--out {out} already exists and is not empty; choose another folder "
-                          "or continue it with `ctgep resume`")
+        restart = rundir.unstarted(out)  # a run killed before its first checkpoint: start again
+        if not restart:
+            raise RunDirError(f"--out {out} already exists and is not empty; choose another folder "
+                              "or continue it with `ctgep resume`")
     data = _data_for(card, data, data_dir)
+    if restart:
+        log(f"{out} holds a run stopped before its first checkpoint: starting it again")
+        rundir.clear_unstarted(out)
     if data_dir:
         card = dataclasses.replace(card, data=dataclasses.replace(card.data, data_dir=str(
             pathlib.Path(data_dir).expanduser().resolve())))
@@ -344,10 +352,14 @@ def resume(run_dir, *, epochs=None, data=None, data_dir=None, step=None, progres
     card = rundir.read_run_card(run_dir)
     if epochs is not None:
         card = _with_epochs(card, epochs)
+    if rundir.unstarted(run_dir):
+        # Killed before its first checkpoint: nothing was trained, so start from the card.
+        log(f"{run_dir} has no checkpoint yet (stopped before the first one): starting it from its card")
+        rundir.clear_unstarted(run_dir)
+        return train(card, run_dir, data=data, data_dir=data_dir, step=step, progress=progress, log=log)
     data = _data_for(card, data, data_dir)
     trainer = Trainer(card, data, run_dir, step=step, progress=_hooks(progress, log))
-    (net, opt_state), meta = checkpoints.load(trainer.ckpt, "latest", eqx.filter_eval_shape(trainer.fresh))
-    particles = trainer.load_particles(meta, net)
+    (net, opt_state), meta, particles = _latest_or_best(trainer, log)
     checkpoints.prune(trainer.ckpt)
     if epochs is not None:
         rundir.write_card(run_dir, card)
@@ -358,11 +370,36 @@ def resume(run_dir, *, epochs=None, data=None, data_dir=None, step=None, progres
     return trainer.result()
 
 
-def evaluate(run_dir, *, which: str = "best", data=None, data_dir=None, split: str = "test",
+def _latest_or_best(trainer: Trainer, log):
+    """`((net, opt_state), sidecar, particles)` of the `latest` checkpoint, or, when its sidecar
+    is unreadable (a truncated `latest.json`), of the `best` one: an epoch boundary of the same
+    run, from which the epochs after it are trained again, identically."""
+    like = eqx.filter_eval_shape(trainer.fresh)
+    try:
+        (net, opt_state), meta = checkpoints.load(trainer.ckpt, "latest", like)
+    except RunDirError as e:
+        if not (trainer.ckpt / "best.json").is_file() or "sidecar" not in str(e):
+            raise
+        if trainer.card.phases.warm_start:
+            raise RunDirError(f"{e}; the best checkpoint cannot replace it, as it does not hold the "
+                              "warm-start particles") from None
+        try:
+            (net, opt_state), meta = checkpoints.load(trainer.ckpt, "best", like)
+        except RunDirError as e2:
+            raise RunDirError(f"{e}, and the best checkpoint cannot replace it: {e2}") from None
+        log(f"warning: {e}; resuming from the best checkpoint (end of epoch {meta['epoch']}) instead")
+        return (net, opt_state), meta, None
+    return (net, opt_state), meta, trainer.load_particles(meta, net)
+
+
+def evaluate(run_dir, *, which: str = "latest", data=None, data_dir=None, split: str = "test",
              t_free=None) -> dict:
     """Error rate of a run's checkpoint on the `split` ("test", "val" or "train") data.
 
-    `t_free` replaces the card's prediction horizon (`phases.t_eval`, else `t_free`), e.g. to
+    `which`: "latest" (the final epoch) or "best" (the epoch with the lowest validation error,
+    or, when the card has no validation split, the lowest *test* error). A `best` chosen on the
+    test set and evaluated on it gives an optimistic error: a `UserWarning` says so, and the
+    result's `selected_on` names the split it was chosen on. `t_free` replaces the card's prediction horizon (`phases.t_eval`, else `t_free`), e.g. to
     check that a longer relaxation does not change the prediction. `data`: a :class:`Dataset`
     instead of the card's (as for :func:`train`).
     """
@@ -380,6 +417,17 @@ def evaluate(run_dir, *, which: str = "best", data=None, data_dir=None, split: s
     x, y = {"test": (data.x_test, data.y_test), "val": (data.x_val, data.y_val),
             "train": (data.x_train, data.y_train)}[split]
     err = error_rate(run.net, x, y, card)
-    return {"run": str(run_dir), "checkpoint": run.checkpoint["tag"], "epoch": run.checkpoint["epoch"],
-            "split": split, "n": int(len(y)), "t_free": card.phases.prediction_horizon, "error": err,
-            "accuracy": 1.0 - err}
+    result = {"run": str(run_dir), "checkpoint": run.checkpoint["tag"], "epoch": run.checkpoint["epoch"],
+              "split": split, "n": int(len(y)), "t_free": card.phases.prediction_horizon, "error": err,
+              "accuracy": 1.0 - err}
+    if run.checkpoint["tag"] == "best":
+        # Sidecars written before `selected_on` existed chose on the validation split only when
+        # the card had one.
+        chosen = (run.checkpoint.get("best") or {}).get("selected_on") or (
+            "validation" if run.card.data.validation else "test")
+        result["selected_on"] = chosen
+        if chosen == "test" and split == "test":
+            warnings.warn(f"the 'best' checkpoint of {run_dir} (epoch {run.checkpoint['epoch']}) was chosen "
+                          "on the test set, so its test error is optimistic; report the 'latest' "
+                          "checkpoint, or train with data.validation > 0", UserWarning, stacklevel=2)
+    return result

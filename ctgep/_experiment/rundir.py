@@ -23,7 +23,7 @@ import numpy as np
 from .._dynamics.networks import LayeredNetwork
 from .._errors import RunDirError, UsageError
 from . import checkpoints
-from .build import build_network, build_optimizer, trainable
+from .build import CAUSES, build_network, build_optimizer, trainable
 from .cards import Card, load_card
 
 __all__ = ["Run", "load_run", "plot_metrics"]
@@ -55,11 +55,17 @@ def write_card(run_dir: pathlib.Path, card: Card) -> None:
     checkpoints.atomic_write(run_dir / "card.toml", card.to_toml().encode())
 
 
+def _columns(rows: list[dict]) -> list[str]:
+    """Every key of the rows, in order of first appearance (a run resumed by a newer ctgep
+    has more columns in its later rows; the earlier ones leave them empty)."""
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
 def write_metrics(path: pathlib.Path, rows: list[dict]) -> None:
     if not rows:
         return
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=_columns(rows), lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     checkpoints.atomic_write(path, buf.getvalue().encode())
@@ -71,11 +77,31 @@ def write_summary(run_dir: pathlib.Path, card: Card, data, history, best, status
          "epochs": card.training.epochs, "dataset": data.name,
          "n_train": int(len(data.y_train)), "n_test": int(len(data.y_test)),
          "best": best, "final": history[-1] if history else None,
+         "nonconverged": nonconverged_summary(history),
          "total_wall_time": sum(r["wall_time"] for r in history),
          "updated": datetime.datetime.now().isoformat(timespec="seconds")}
     text = json.dumps(s, indent=1)
     checkpoints.atomic_write(run_dir / "summary.json", text.encode())
     return json.loads(text)
+
+
+def nonconverged_summary(history) -> dict | None:
+    """The fractions of training phases that did not settle: in the final epoch (overall and
+    per cause, the metrics' `free_horizon_reached` … columns), and the worst epoch's."""
+    if not history:
+        return None
+    final = history[-1]
+    out = {}
+    for phase in ("free", "nudged"):
+        key = f"{phase}_nonconverged"
+        values = [r.get(key, 0.0) for r in history]
+        worst = int(np.argmax(values))
+        out[phase] = {"final": final.get(key), "max": values[worst], "max_epoch": history[worst]["epoch"],
+                      "final_causes": {k[len(phase) + 1:]: v for k, v in final.items()
+                                       if k.startswith(phase + "_") and k != key
+                                       and k[len(phase) + 1:] in {c.name for c in CAUSES}}}
+    return out
+
 
 
 def read_summary(run_dir) -> dict:
@@ -91,35 +117,58 @@ def metrics_dataset(rows: list[dict]):
     import xarray as xr
 
     if rows:
-        return xr.Dataset({k: ("epoch", np.array([r[k] for r in rows])) for k in rows[0] if k != "epoch"},
+        return xr.Dataset({k: ("epoch", np.array([r.get(k, np.nan) for r in rows]))
+                           for k in _columns(rows) if k != "epoch"},
                           coords={"epoch": [r["epoch"] for r in rows]})
     return xr.Dataset(coords={"epoch": np.zeros((0,), int)})
 
 
-def plot_metrics(rows: list[dict], path) -> None:
-    """Training curves: error rates (top), alignment cosines (middle) and traces (bottom)."""
+def plot_metrics(rows: list[dict], path, title: str = "") -> None:
+    """Training curves: error rates on a log axis (top), alignment cosines (middle) and traces
+    (bottom), titled with the run's name; whole epochs on the x axis, also for one epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, PercentFormatter
 
     epochs = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(3, 1, figsize=(6, 8), sharex=True)
-    for key, label in (("train_error", "train"), ("val_error", "validation"), ("test_error", "test")):
+    errors = []
+    for key, label in (("train_error", "training (online)"), ("val_error", "validation"), ("test_error", "test")):
         if rows and key in rows[0]:
-            axes[0].plot(epochs, [100 * r[key] for r in rows], marker=".", label=label)
-    axes[0].set_ylabel("error (%)")
-    axes[0].legend()
-    pairs = [k[4:] for k in (rows[0] if rows else {}) if k.startswith("cos_")]
+            values = [100 * r.get(key, np.nan) for r in rows]
+            errors += [v for v in values if v > 0]
+            axes[0].plot(epochs, values, marker=".", label=label)
+    axes[0].set_yscale("log", nonpositive="mask")  # the 0–5 % region is where training ends
+    axes[0].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes[0].yaxis.set_major_formatter(PercentFormatter(decimals=None))
+    axes[0].yaxis.set_minor_formatter(NullFormatter())
+    if errors:  # at least a factor 3, so that two labelled ticks show
+        axes[0].set_ylim(min(min(errors) / 1.5, max(errors) / 3), min(100.0, max(errors) * 1.5))
+    axes[0].set_ylabel("error rate")
+    if rows:
+        axes[0].legend()
+    pairs = list(dict.fromkeys(k[4:] for r in rows for k in r if k.startswith("cos_")))
     for pair in pairs:
-        lab = "layers " + pair.replace("_", "–")
-        axes[1].plot(epochs, [r["cos_" + pair] for r in rows], marker=".", label=lab)
-        axes[2].plot(epochs, [r["trace_" + pair] for r in rows], marker=".", label=lab)
-    axes[1].set_ylabel("cos(Wb_l, Wf_{l+1}ᵀ)")
-    axes[2].set_ylabel("tr(Wf_{l+1} Wb_l)")
+        lo, hi = pair.split("_")
+        lab = f"$l = {lo}$"
+        axes[1].plot(epochs, [r.get("cos_" + pair, np.nan) for r in rows], marker=".", label=lab)
+        axes[2].plot(epochs, [r.get("trace_" + pair, np.nan) for r in rows], marker=".", label=lab)
+    axes[1].set_ylabel(r"$\cos(W^b_l, W^{f\,\top}_{l+1})$")
+    axes[1].set_ylim(-1.05, 1.05)
+    axes[2].set_ylabel(r"$\mathrm{tr}(W^f_{l+1} W^b_l)$")
     if pairs:
-        axes[1].legend()
+        axes[1].legend(fontsize="small")
     axes[2].set_xlabel("epoch")
+    last = max(epochs) if epochs else 1
+    if last <= 10:
+        axes[2].set_xticks(range(1, last + 1))
+    else:
+        axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[2].set_xlim(0.5, last + 0.5)  # one epoch: a point in the middle, not a degenerate axis
+    if title:
+        axes[0].set_title(title)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -127,10 +176,45 @@ def plot_metrics(rows: list[dict], path) -> None:
     checkpoints.atomic_write(pathlib.Path(path), buf.getvalue())
 
 
-def read_run_card(run_dir) -> Card:
-    """The resolved card of a run directory (RunDirError if `run_dir` is none)."""
+def unstarted(run_dir) -> bool:
+    """Whether `run_dir` holds only what a `ctgep train` killed before its first checkpoint
+    leaves: `card.toml` (or its temporary file) and a `checkpoints/` folder without a sidecar,
+    holding at most temporary and parameter files. Such a run is started afresh from its card
+    by `ctgep resume`, and `ctgep train --out` may reuse the folder."""
     run_dir = pathlib.Path(run_dir)
-    if not (run_dir / "card.toml").is_file() or not (run_dir / "checkpoints" / "latest.json").is_file():
+    if not run_dir.is_dir():
+        return False
+    for p in run_dir.iterdir():
+        if p.name == "checkpoints" and p.is_dir():
+            if any(q.suffix == ".json" or q.suffix not in (".tmp", ".eqx", ".npy") or not q.is_file()
+                   for q in p.iterdir()):
+                return False
+        elif not (p.name == "card.toml" or (p.name.startswith(".card.toml.") and p.name.endswith(".tmp"))):
+            return False
+    return True
+
+
+def clear_unstarted(run_dir) -> None:
+    """Remove what an unstarted run left (see :func:`unstarted`), keeping the folder."""
+    run_dir = pathlib.Path(run_dir)
+    folder = run_dir / "checkpoints"
+    if folder.is_dir():
+        for q in folder.iterdir():
+            q.unlink()
+        folder.rmdir()
+    for p in run_dir.iterdir():
+        p.unlink()
+
+
+def read_run_card(run_dir) -> Card:
+    """The resolved card of a run directory (RunDirError if `run_dir` is none).
+
+    A run killed before its first checkpoint (see :func:`unstarted`) has a card and no
+    checkpoint: its card is returned too, and the caller decides.
+    """
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "card.toml").is_file() or not (
+            (run_dir / "checkpoints" / "latest.json").is_file() or unstarted(run_dir)):
         raise RunDirError(f"{run_dir} is not a ctgep run directory (no card.toml and "
                           "checkpoints/latest.json)")
     return load_card(run_dir / "card.toml")
@@ -146,12 +230,20 @@ def checkpoint_shape(card: Card):
     return eqx.filter_eval_shape(fresh)
 
 
-def load_run(run_dir, which: str = "best") -> Run:
-    """Read a run directory: card, the network of checkpoint `which` ("best"/"latest"), metrics."""
+def load_run(run_dir, which: str = "latest") -> Run:
+    """Read a run directory: card, the network of checkpoint `which`, metrics.
+
+    `which`: "latest" (the final or last saved network, the default) or "best" (the epoch with
+    the lowest validation error, else the lowest test error: chosen on the test set; its
+    sidecar's ``best.selected_on`` says which).
+    """
     run_dir = pathlib.Path(run_dir)
     if which not in ("best", "latest"):
         raise UsageError(f"which={which!r} must be 'best' or 'latest'")
     card = read_run_card(run_dir)
+    if unstarted(run_dir):
+        raise RunDirError(f"{run_dir} has no checkpoint yet (its training was stopped before the "
+                          f"first one): run `ctgep resume {run_dir}` to start it from its card")
     folder = run_dir / "checkpoints"
     tag = which if (folder / f"{which}.json").is_file() else "latest"
     (net, _), meta = checkpoints.load(folder, tag, checkpoint_shape(card))

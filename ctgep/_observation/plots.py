@@ -20,10 +20,13 @@ def _subplots(nrows=1, figsize=(6, 4), **kwargs):
     return fig, fig.subplots(nrows, 1, **kwargs)
 
 
-def plot_error_signal(ds: xr.Dataset, *, normalize: bool = False, fraction: float | None = 0.5, ax=None):
+def plot_error_signal(ds: xr.Dataset, *, normalize: bool = False, log: bool = True,
+                      fraction: float | None = 0.5, ax=None):
     """Per-layer error-signal magnitude over time in the nudged phase (mean over samples).
 
-    `normalize` divides each layer's curve by its final value; `fraction` marks each layer's
+    The magnitudes of the layers differ by orders of magnitude (a trained hidden layer's error
+    is ~1e-3 beside the output's ~1), so the y axis is logarithmic (`log`); `normalize` divides
+    each layer's curve by its final value instead (or as well). `fraction` marks each layer's
     arrival time (None: no marks). The output layer is the darkest curve.
     """
     nudged = _phase(ds, "nudged")
@@ -31,21 +34,23 @@ def plot_error_signal(ds: xr.Dataset, *, normalize: bool = False, fraction: floa
     t = nudged.t.values[keep]
     mag = nudged.error_magnitude.isel(time=np.flatnonzero(keep)).mean("sample")
     fig, ax = (ax.figure, ax) if ax is not None else _subplots()
-    layers = list(mag.layers.values)
+    layers = list(mag.layer.values)
     cmap = matplotlib.colormaps["viridis"]
     arrival = error_arrival_times(ds, fraction) if fraction else None
     for i, l in enumerate(layers):
-        m = mag.sel(layers=l).values
+        m = mag.sel(layer=l).values
         if normalize and m[-1] > 0:
             m = m / m[-1]
         color = cmap(1 - (i + 1) / (len(layers) + 0.5))
         label = f"layer {l}" + (" (output)" if l == layers[-1] else "")
         ax.plot(t, m, color=color, label=label)
-        if arrival is not None and np.isfinite(arrival.sel(layers=l)):
-            ta = float(arrival.sel(layers=l))
+        if arrival is not None and np.isfinite(arrival.sel(layer=l)):
+            ta = float(arrival.sel(layer=l))
             ax.plot([ta], [np.interp(ta, t, m)], "o", color=color, ms=4)
-    ax.set_xlabel("time in the nudged phase")
-    ax.set_ylabel("‖(s^β(t) − s⁰)/β‖ (RMS, normalized)" if normalize else "‖(s^β(t) − s⁰)/β‖ (RMS over the layer)")
+    if log:
+        ax.set_yscale("log", nonpositive="mask")  # the error is 0 at t = 0
+    ax.set_xlabel(r"time in the nudged phase $t$ ($\tau$)")
+    ax.set_ylabel(r"$\|(s^\beta(t) - s^0)/\beta\|_{\mathrm{RMS}}$" + (" / final value" if normalize else ""))
     title = "error signal per layer"
     if arrival is not None:
         title += f" (dots: {fraction:g} of final)"
@@ -55,8 +60,13 @@ def plot_error_signal(ds: xr.Dataset, *, normalize: bool = False, fraction: floa
     return fig
 
 
-def plot_state_heatmaps(ds: xr.Dataset, *, phase: str = "nudged", sample=None, variable: str = "state"):
-    """Neuron states (or `variable="error"`) over time, one panel per recorded layer, for one sample."""
+def plot_state_heatmaps(ds: xr.Dataset, *, phase: str = "nudged", sample=None, variable: str = "state",
+                        max_neurons: int = 64):
+    """Neuron states (or `variable="error"`) over time, one panel per recorded layer, for one sample.
+
+    A layer with more than `max_neurons` recorded units shows `max_neurons` of them, evenly
+    spaced (the y axis gives their unit indices); each panel has a labelled colour bar.
+    """
     if variable not in ("state", "error"):
         raise ValueError(f"variable={variable!r} must be 'state' or 'error'")
     sel = _phase(ds, phase)
@@ -67,18 +77,27 @@ def plot_state_heatmaps(ds: xr.Dataset, *, phase: str = "nudged", sample=None, v
     keep = np.flatnonzero(np.isfinite(sel.t.values))
     t = sel.t.values[keep]
     data = sel[variable].sel(sample=sample).isel(time=keep)
-    layers = list(dict.fromkeys(ds.layer.values.tolist()))
+    layers = list(dict.fromkeys(ds.neuron_layer.values.tolist()))
     fig, axes = _subplots(len(layers), figsize=(7, 1.0 + 1.6 * len(layers)), squeeze=False, sharex=True)
+    label = r"state $s_i(t)$" if variable == "state" else r"error $(s^\beta_i(t) - s^0_i)/\beta$"
     for ax, l in zip(axes[:, 0], layers):
-        block = data.isel(neuron=np.flatnonzero(ds.layer.values == l))
-        mesh = ax.pcolormesh(t, np.arange(block.sizes["neuron"]), block.values.T, shading="nearest",
+        idx = np.flatnonzero(ds.neuron_layer.values == l)
+        shown = ""
+        if len(idx) > max_neurons:  # e.g. a 512-unit layer: every k-th unit
+            idx = idx[np.unique(np.linspace(0, len(idx) - 1, max_neurons).round().astype(int))]
+            shown = f" ({len(idx)} of {int(np.sum(ds.neuron_layer.values == l))})"
+        block = data.isel(neuron=idx)
+        units = ds.unit.values[idx]
+        mesh = ax.pcolormesh(t, np.arange(len(idx)), block.values.T, shading="nearest",
                              cmap="viridis" if variable == "state" else "RdBu_r")
         if variable == "error":
-            lim = float(np.nanmax(np.abs(block.values))) or 1.0
-            mesh.set_clim(-lim, lim)
-        ax.set_ylabel(f"layer {l}\nunit")
-        fig.colorbar(mesh, ax=ax, pad=0.01)
-    axes[-1, 0].set_xlabel(f"time in the {phase} phase")
+            lim = float(np.nanmax(np.abs(block.values))) if np.isfinite(block.values).any() else 0.0
+            mesh.set_clim(-(lim or 1.0), lim or 1.0)
+        ticks = np.unique(np.linspace(0, len(idx) - 1, min(len(idx), 5)).round().astype(int))
+        ax.set_yticks(ticks, [str(int(units[i])) for i in ticks])
+        ax.set_ylabel(f"layer {l}\nunit{shown}")
+        fig.colorbar(mesh, ax=ax, pad=0.01, label=label)
+    axes[-1, 0].set_xlabel(rf"time in the {phase} phase $t$ ($\tau$)")
     axes[0, 0].set_title(f"{variable} of sample {sample}, {phase} phase")
     fig.tight_layout()
     return fig
@@ -91,7 +110,7 @@ def plot_phase_portrait(ds: xr.Dataset, neurons=None, *, sample=None):
     neurons of the last recorded layer (or the first two recorded at all).
     """
     if neurons is None:
-        last = ds.layer.values == ds.layer.values.max()
+        last = ds.neuron_layer.values == ds.neuron_layer.values.max()
         pool = ds.neuron.values[last] if last.sum() >= 2 else ds.neuron.values
         if len(pool) < 2:
             raise ValueError("a phase portrait needs at least two recorded neurons")
@@ -109,7 +128,7 @@ def plot_phase_portrait(ds: xr.Dataset, neurons=None, *, sample=None):
 
     def name(n):
         c = ds.sel(neuron=n)
-        return f"s[layer {int(c.layer)}, unit {int(c.unit)}]"
+        return rf"$s_{{{int(c.unit)}}}$ of layer {int(c.neuron_layer)}"
 
     fig, ax = _subplots(figsize=(5, 5))
     for phase, color in (("free", "tab:blue"), ("nudged", "tab:red")):

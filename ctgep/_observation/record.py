@@ -11,8 +11,17 @@ per-parameter synapse-increment norms (plus full increments of the parameters na
 
 Dataset layout (see :func:`record` for the variables)::
 
-    dims    phase ("free", "nudged") · time · sample · neuron · layers · param
-    coords  neuron → layer, unit;  (phase, time) → t;  sample → label, prediction
+    dims    phase ("free", "nudged") · time · sample · neuron · layer · param
+    coords  neuron → neuron_layer, unit;  (phase, time) → t;  sample → label, prediction;
+            param → param_layer, param_rows, param_columns
+
+Conventions (CF-style): every variable and coordinate has a `long_name`, every numeric one a
+`units` (time in membrane time constants, ``"tau"``; dimensionless quantities ``"1"``). Layers
+are numbered 1..L (input 0, output L) everywhere: the `layer` dimension, the neurons'
+`neuron_layer`, and the parameter names, `Wf_l`, `Wb_l` and `b_l` feeding layer `l`. Lists are
+attribute arrays (`model_sizes`); only the nested card stays a JSON string.
+:func:`load_record` also reads files written before these conventions (a `layers` dimension,
+0-based `Wf_0`, JSON attributes) and returns them in today's layout.
 """
 
 import datetime
@@ -38,10 +47,10 @@ from .._simulation.phases import (
     run_phase,
 )
 from .._simulation.problem import Observer
+from .._simulation.results import RESULTS
 from .monitors import (
     MonitorSpec,
     monitor,
-    param_layer,
     param_names,
     resolve_layers,
     resolve_sampling,
@@ -114,22 +123,25 @@ def record(
       times (a fixed grid, shared by both phases; the Euler scheme snaps it to its steps),
       `"steps"` (every solver step) or an int n (every n-th accepted step). Step sampling
       always records the initial and the final state.
-    * `increments`: parameter names (`"Wf_0"`, `"Wb_1"`, `"b_2"`, …) or `"all"` whose running
+    * `increments`: parameter names (`"Wf_1"`, `"Wb_1"`, `"b_2"`, …: `Wf_l`, `Wb_l` and `b_l`
+      feed layer `l`) or `"all"` whose running
       synapse increment `∫(∂μ/∂θ)ᵀ ds / β` is recorded in full; norms of every parameter's
       increment are always recorded.
 
     Variables (NaN where a phase has no value: past its end, or nudged-only quantities in the
     free phase): `state(phase, time, sample, neuron)`; `error(…)` = `(s^β(t) − s⁰)/β`;
     `residual(phase, time, sample)` = `‖μ^β‖_∞` over all neurons; `error_magnitude(phase,
-    time, sample, layers)` = RMS of the error over each layer's neurons; `synapse_norm(phase,
+    time, sample, layer)` = RMS of the error over each layer's neurons; `synapse_norm(phase,
     time, param)` = Frobenius norm of the running increment; `increment_<param>(phase, time,
     <param>_post[, <param>_pre])`; per phase: `final_state`, `final_residual`, `converged`,
-    `t_stop`, `steps`. Coordinates: `neuron` (global index over the dynamic layers) with
-    `layer` and `unit`; `time` (the grid times, or the record index for step sampling) and
-    `t(phase, time)` (time since the phase began, NaN past the end); `sample` (batch index)
-    with `label` and `prediction`; `layers`; `param` with `param_layer`. Attributes hold the
-    settings, those netCDF cannot store natively as JSON strings (`model`, `solver`,
-    `sampling`, `card`).
+    `result` (the :class:`ctgep.RESULTS` code per sample), `t_stop`, `steps`. Coordinates:
+    `neuron` (global index over the dynamic layers) with `neuron_layer` and `unit`; `time`
+    (the grid times, or the record index for step sampling) and `t(phase, time)` (time since
+    the phase began, NaN past the end); `sample` (batch index) with `label` and `prediction`;
+    `layer` (1..L); `param` with `param_layer`, `param_rows`, `param_columns`. Every variable
+    has `long_name` and `units` (time in τ). Attributes hold the settings as flat scalars and
+    arrays (`model_sizes`, `solver_dt`, `sampling_kind` …; read them back as dicts with
+    :func:`record_settings`), the card as a JSON string.
     """
     solver = check_common(net, x, solver, t_free, tol, "flag", "joint")
     check_common(net, x, solver, t_nudged, tol, "flag", "joint")
@@ -156,7 +168,7 @@ def record(
         raise ValueError(f"sampling: grid spacing {np.min(np.diff(grid)):g} is finer than the solver's step dt={step}")
 
     params, _ = F.partition(net)
-    names = param_names(params)
+    names = [public_param_name(n) for n in param_names(params)]  # Wf_1 feeds layer 1
     leaves = jax.tree_util.tree_leaves(params)
     if increments is None:
         inc = ()
@@ -246,7 +258,7 @@ def record(
         "error": (("phase", "time", "sample", "neuron"), both("error", (n_rows, n_neur), dtype)),
         "residual": (("phase", "time", "sample"), both("residual", (n_rows,), dtype)),
         "error_magnitude": (
-            ("phase", "time", "sample", "layers"),
+            ("phase", "time", "sample", "layer"),
             both("error_magnitude", (n_rows, len(widths)), dtype),
         ),
         "synapse_norm": (("phase", "time", "param"), both("synapse_norm", (len(names),), dtype)),
@@ -256,6 +268,7 @@ def record(
             np.stack([np.asarray(r.residual)[list(rows)] for r in (free, nudged)]),
         ),
         "converged": (("phase", "sample"), np.stack([np.asarray(r.converged)[list(rows)] for r in (free, nudged)])),
+        "result": (("phase", "sample"), np.stack([np.asarray(r.code)[list(rows)] for r in (free, nudged)]).astype(np.int8)),
         "t_stop": (("phase",), np.array([float(free.t_stop[0]), float(nudged.t_stop[0])])),
         "steps": (("phase",), np.array([int(free.steps[0]), int(nudged.steps[0])], dtype=np.int64)),
     }
@@ -277,13 +290,16 @@ def record(
         "label": ("sample", np.argmax(y_np[list(rows)], axis=-1).astype(np.int64)),
         "prediction": ("sample", np.argmax(out_np[list(rows)], axis=-1).astype(np.int64)),
         "neuron": neuron_id.astype(np.int64),
-        "layer": ("neuron", layer_of),
+        "neuron_layer": ("neuron", layer_of),
         "unit": ("neuron", unit_of),
-        "layers": np.arange(1, len(widths) + 1, dtype=np.int64),
+        "layer": np.arange(1, len(widths) + 1, dtype=np.int64),
         "param": np.array(names),
-        "param_layer": ("param", np.array([param_layer(n) for n in names], dtype=np.int64)),
+        "param_layer": ("param", np.array([_param_number(n) for n in names], dtype=np.int64)),
+        "param_rows": ("param", np.array([a.shape[0] if a.ndim else 1 for a in leaves], dtype=np.int64)),
+        "param_columns": ("param", np.array([a.shape[1] if a.ndim > 1 else 0 for a in leaves], dtype=np.int64)),
     }
     sampling_attr = {"kind": "steps", "every": every} if grid is None else {"kind": "grid", "points": int(len(grid))}
+    model = _model_settings(net, names, params)
     attrs = {
         "title": "ctgep free and nudged phase trajectories",
         "ctgep_version": _version(),
@@ -295,21 +311,107 @@ def record(
         "t_nudged": float(t_nudged),
         "stop_at_steady_state": int(stop),
         "batch_size": batch,
-        "model": json.dumps(_model_settings(net, names, params)),
-        "solver": json.dumps(solver.describe()),
-        "sampling": json.dumps(sampling_attr),
+        "time_unit": "tau: the membrane time constant (ds/dt = -s + ... in units of 1/tau)",
+        "parameter_numbering": "1-based: Wf_l, Wb_l and b_l feed layer l (input 0, output L)",
+        **_flat("model", {k: v for k, v in model.items() if k != "parameters"}),
+        **_flat("solver", solver.describe()),
+        **_flat("sampling", sampling_attr),
         "card": json.dumps(card if card is not None else {}),
         "error_definition": "(s^beta(t) - s^0) / beta",
         "increment_definition": "integral of (dmu/dtheta)^T ds / beta so far, batch mean",
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
-    ds["state"].attrs["long_name"] = "neuron state s(t)"
-    ds["error"].attrs["long_name"] = "error signal (s^beta(t) - s^0)/beta"
-    ds["residual"].attrs["long_name"] = "residual max|mu^beta| over all neurons"
-    ds["error_magnitude"].attrs["long_name"] = "RMS over the layer's neurons of the error signal"
-    ds["synapse_norm"].attrs["long_name"] = "Frobenius norm of the running synapse increment"
-    ds["t"].attrs["long_name"] = "time since the phase began (NaN past its end)"
+    step_sampled = grid is None
+    for name, (long_name, units) in _VARIABLE_ATTRS.items():
+        if name in ds.variables:
+            ds[name].attrs.update(long_name=long_name, **({"units": units} if units else {}))
+    if step_sampled:
+        ds["time"].attrs.update(long_name="record index (every n-th solver step; the time is t)", units="1")
+    ds["result"].attrs.update(flag_values=np.array([int(r) for r in RESULTS], np.int8),
+                              flag_meanings=" ".join(r.name for r in RESULTS))
+    for i in inc:
+        ds[f"increment_{names[i]}"].attrs.update(
+            long_name=f"running synapse increment of {names[i]}, integral of (dmu/d{names[i]})^T ds / beta, batch mean",
+            units="1")
     return ds
+
+
+# long_name and units of every variable and coordinate `record` writes (units None: a string)
+_VARIABLE_ATTRS = {
+    "state": ("neuron state s(t)", "1"),
+    "error": ("error signal (s^beta(t) - s^0)/beta", "1"),
+    "residual": ("residual max|mu^beta| = max|ds/dt| over all neurons", "1/tau"),
+    "error_magnitude": ("RMS over the layer's neurons of the error signal (s^beta(t) - s^0)/beta", "1"),
+    "synapse_norm": ("Frobenius norm of the running synapse increment", "1"),
+    "final_state": ("neuron state where the phase ended", "1"),
+    "final_residual": ("residual max|mu^beta| where the phase ended", "1/tau"),
+    "converged": ("whether the sample settled (residual below tol)", "1"),
+    "result": ("how the phase ended for the sample (ctgep.RESULTS code)", "1"),
+    "t_stop": ("time at which the phase ended", "tau"),
+    "steps": ("solver steps taken by the phase", "1"),
+    "phase": ("phase of the EP step: free, then nudged", None),
+    "time": ("time since the phase began, on the sampling grid", "tau"),
+    "t": ("time since the phase began (NaN past its end)", "tau"),
+    "sample": ("index of the example in the batch", "1"),
+    "label": ("target class of the example", "1"),
+    "prediction": ("class predicted at the free fixed point", "1"),
+    "neuron": ("neuron index over the dynamic layers (0 = first unit of layer 1)", "1"),
+    "neuron_layer": ("layer of the neuron (1 = first hidden layer, L = output)", "1"),
+    "unit": ("index of the neuron within its layer", "1"),
+    "layer": ("layer index (1 = first hidden layer, L = output; the input is 0)", "1"),
+    "param": ("parameter name: Wf_l, Wb_l or b_l feeding layer l", None),
+    "param_layer": ("layer the parameter feeds", "1"),
+    "param_rows": ("rows of the parameter (units of the layer it feeds)", "1"),
+    "param_columns": ("columns of the parameter (0: a vector)", "1"),
+}
+
+
+def public_param_name(name: str) -> str:
+    """The record's name of a parameter: the leaf name `Wf_0` (tuple index 0) becomes `Wf_1`,
+    numbered like the layer it feeds; a name without an index is kept."""
+    base, _, index = name.rpartition("_")
+    return f"{base}_{int(index) + 1}" if base and index.isdigit() else name
+
+
+def _param_number(name: str) -> int:
+    """The layer a (public, 1-based) parameter name feeds, or −1 when it has no index."""
+    base, _, index = name.rpartition("_")
+    return int(index) if base and index.isdigit() else -1
+
+
+def _flat(prefix: str, settings: dict) -> dict:
+    """`{prefix_key: value}` netCDF can store: numbers, strings, booleans as int8, number
+    lists as arrays; None left out; anything else as a JSON string."""
+    out = {}
+    for k, v in settings.items():
+        key = f"{prefix}_{k}"
+        if v is None:
+            continue
+        if isinstance(v, (bool, np.bool_)):
+            out[key] = np.int8(bool(v))
+        elif isinstance(v, (int, float, str, np.integer, np.floating)):
+            out[key] = v
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(a, (int, float, np.number)) and not isinstance(a, bool) for a in v):
+            out[key] = np.asarray(v)
+        else:
+            out[key] = json.dumps(v)
+    return out
+
+
+def _unflat(ds, prefix: str) -> dict:
+    out = {}
+    for k, v in ds.attrs.items():
+        if not k.startswith(prefix + "_"):
+            continue
+        key = k[len(prefix) + 1:]
+        if isinstance(v, np.int8):
+            v = bool(v)
+        elif isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[key] = v
+    return out
 
 def _phase(ds, phase):
     if phase not in ds.phase.values:
@@ -348,10 +450,13 @@ def error_arrival_times(ds: xr.Dataset, fraction: float = 0.5, per_sample: bool 
     out = xr.apply_ufunc(crossing, mag, input_core_dims=[["time"]], vectorize=True)
     out = out.assign_coords(
         final_magnitude=mag.isel(time=-1).drop_vars(["time", "t"], errors="ignore"),
-        distance=("layers", int(ds.layers.max()) - ds.layers.values),
+        distance=("layer", int(ds.layer.max()) - ds.layer.values),
     )
     out.name = "arrival_time"
-    out.attrs["long_name"] = f"time for the error magnitude to reach {fraction:g} of its final value"
+    out.attrs.update(long_name=f"time for the error magnitude to reach {fraction:g} of its final value",
+                     units="tau")
+    out["distance"].attrs.update(long_name="layers between this layer and the output", units="1")
+    out["final_magnitude"].attrs.update(long_name="error magnitude where the nudged phase ended", units="1")
     return out
 
 
@@ -362,10 +467,51 @@ def _version() -> str:
 
 
 def load_record(path) -> xr.Dataset:
-    """Load a dataset written by `record(...).to_netcdf(path)`, fully into memory, with its coordinates."""
-    return xr.load_dataset(path)
+    """Load a dataset written by `record(...).to_netcdf(path)`, fully into memory, with its
+    coordinates. A file written before the current conventions (a `layers` dimension beside
+    the neurons' `layer`, 0-based parameter names such as `Wf_0`) comes back renamed to them."""
+    return upgrade_record(xr.load_dataset(path))
+
+
+def upgrade_record(ds: xr.Dataset) -> xr.Dataset:
+    """An old record's names in the current layout (see the module docstring); a current one as is."""
+    if "layers" in ds.dims:
+        ds = ds.rename({"layer": "neuron_layer"}).rename({"layers": "layer"})
+    if "parameter_numbering" not in ds.attrs and "param" in ds.coords:
+        old = [str(n) for n in ds.param.values]
+        new = {n: public_param_name(n) for n in old}
+        renames = {}
+        for n in old:  # increment_Wf_0 and its dims Wf_0_post, Wf_0_pre
+            for name in set(ds.variables) | set(ds.dims):
+                if name == f"increment_{n}":
+                    renames[name] = f"increment_{new[n]}"
+                elif name in (f"{n}_post", f"{n}_pre") or name.startswith(f"{n}_d"):
+                    renames[name] = new[n] + name[len(n):]
+        if renames:  # through temporary names, so that Wf_1 → Wf_2 does not collide with Wf_0 → Wf_1
+            ds = ds.rename({k: f"__old_{k}" for k in renames})
+            ds = ds.rename({f"__old_{k}": v for k, v in renames.items()})
+        ds = ds.assign_coords(param=[new[n] for n in old])
+        if "param_layer" in ds.coords:
+            ds = ds.assign_coords(param_layer=("param", np.array([_param_number(new[n]) for n in old])))
+        ds.attrs["parameter_numbering"] = "1-based: Wf_l, Wb_l and b_l feed layer l (input 0, output L)"
+    return ds
 
 
 def record_settings(ds: xr.Dataset) -> dict:
-    """The JSON attributes of a record (`model`, `solver`, `sampling`, `card`) decoded."""
-    return {k: json.loads(ds.attrs[k]) for k in ("model", "solver", "sampling", "card") if k in ds.attrs}
+    """The settings of a record as dicts: `model` (class, sizes, activation, parameter shapes),
+    `solver` (its `describe()`), `sampling` and `card` (also from files that stored them as JSON)."""
+    out = {}
+    for k in ("model", "solver", "sampling"):
+        if isinstance(ds.attrs.get(k), str):  # an old file: a JSON string
+            out[k] = json.loads(ds.attrs[k])
+            continue
+        flat = _unflat(ds, k)
+        if flat:
+            out[k] = flat
+    if "model" in out and "param" in ds.coords and "param_rows" in ds.coords:
+        out["model"]["parameters"] = {
+            str(n): [int(r)] + ([int(c)] if c else [])
+            for n, r, c in zip(ds.param.values, ds.param_rows.values, ds.param_columns.values)}
+    if "card" in ds.attrs:
+        out["card"] = json.loads(ds.attrs["card"])
+    return out
