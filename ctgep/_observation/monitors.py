@@ -61,24 +61,27 @@ def resolve_layers(layers, widths) -> list[int]:
     return sorted(out)
 
 
+def _indices(spec, size: int, name: str, where: str) -> tuple[int, ...]:
+    """None (all), a count k (the first k) or a list of distinct indices into `range(size)`."""
+    if spec is None:
+        return tuple(range(size))
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        if spec < 1:
+            raise ValueError(f"{name}={spec!r} must be a positive count")
+        return tuple(range(min(int(spec), size)))
+    idx = np.asarray(spec)
+    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"{name}: {spec!r} must be a count or a non-empty list of indices")
+    bad = idx[(idx < 0) | (idx >= size)]
+    if bad.size:
+        raise ValueError(f"{name}: index {int(bad[0])} out of range for {where}")
+    return tuple(int(i) for i in dict.fromkeys(idx.tolist()))
+
+
 def resolve_units(neurons, layers, widths, explicit_layers=None) -> tuple[tuple[int, tuple[int, ...]], ...]:
     def pick(spec, layer):
         width = widths[layer - 1]
-        if spec is None:
-            return tuple(range(width))
-        if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
-            if spec < 1:
-                raise ValueError(f"neurons={spec!r} must be a positive count")
-            return tuple(range(min(int(spec), width)))
-        idx = np.asarray(spec)
-        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"neurons: {spec!r} must be a count or a non-empty list of indices")
-        bad = idx[(idx < 0) | (idx >= width)]
-        if bad.size:
-            raise ValueError(
-                f"neurons: index {int(bad[0])} out of range for layer {layer} of width {width}"
-            )
-        return tuple(int(i) for i in dict.fromkeys(idx.tolist()))
+        return _indices(spec, width, "neurons", f"layer {layer} of width {width}")
 
     if isinstance(neurons, dict):
         keys = resolve_layers(list(neurons), widths)
@@ -92,19 +95,7 @@ def resolve_units(neurons, layers, widths, explicit_layers=None) -> tuple[tuple[
 
 
 def resolve_samples(samples, batch) -> tuple[int, ...]:
-    if samples is None:
-        return tuple(range(batch))
-    if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool):
-        if samples < 1:
-            raise ValueError(f"samples={samples!r} must be a positive count")
-        return tuple(range(min(int(samples), batch)))
-    idx = np.asarray(samples)
-    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f"samples: {samples!r} must be a count or a non-empty list of indices")
-    bad = idx[(idx < 0) | (idx >= batch)]
-    if bad.size:
-        raise ValueError(f"samples: index {int(bad[0])} out of range for a batch of {batch}")
-    return tuple(int(i) for i in dict.fromkeys(idx.tolist()))
+    return _indices(samples, batch, "samples", f"a batch of {batch}")
 
 
 def resolve_sampling(sampling, horizon, dt=None):

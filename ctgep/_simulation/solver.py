@@ -22,7 +22,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array
 
 from .._dynamics import field as F
 from .._dynamics.networks import State
@@ -31,16 +31,19 @@ from .results import SOLVE_OK
 
 
 class Relaxation(eqx.Module):
-    """What a solver returns: the final solver state `z` (`"s"`, and `"acc"` / `"theta"` with
-    synapses), the time and steps taken (shared by the batch), the shared status
-    (`SOLVE_OK`, `SOLVE_MAX_STEPS`, `SOLVE_FAILED`), the per-sample final residual and, with
-    an observer, the record times and records (NaN-padded where unused)."""
+    """What a solver returns.
+
+    `z`: the final solver state (`"s"`, and `"acc"` / `"theta"` with synapses); `t`, `steps`:
+    the time and steps taken (shared by the batch); `status`: `SOLVE_OK`, `SOLVE_MAX_STEPS` or
+    `SOLVE_FAILED` (shared); `residual`: per sample at the final state; with an observer,
+    `record_ts` and `records` (NaN-padded where unused).
+    """
 
     z: dict
-    t: Float[Array, ""]
-    steps: Int[Array, ""]
-    status: Int[Array, ""]
-    residual: Float[Array, " batch"]
+    t: Array
+    steps: Array
+    status: Array
+    residual: Array
     record_ts: Any = None
     records: Any = None
 
