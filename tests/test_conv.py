@@ -199,3 +199,43 @@ def test_every_solver_reaches_the_same_fixed_point(x64, solver):
         params = eqx.filter(net, eqx.is_inexact_array)
         assert jax.tree_util.tree_structure(step.update) == jax.tree_util.tree_structure(params)
         assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(step.update))
+
+
+# ----------------------------------------------------------------------------------------------
+# Model cards
+
+
+CNN_CARDS = ["mnist_cnn", "mnist_cnn_fast", "fashion-mnist_cnn"]
+
+
+@pytest.mark.parametrize("name", CNN_CARDS)
+def test_cnn_cards_build_the_papers_network(name):
+    import pathlib
+
+    card = ctgep.load_card(pathlib.Path(__file__).resolve().parents[1] / "models" / f"{name}.toml")
+    assert card.model.kind == "conv" and card.model.channels == [32, 64] and card.model.kernels == [5, 5]
+    net = ctgep.build_network(card, jr.PRNGKey(0))
+    assert isinstance(net, ctgep.ConvNetwork) and list(net.sizes) == card.model.sizes
+    assert [w.shape for w in net.Wf[:2]] == [(5, 5, 1, 32), (5, 5, 32, 64)]
+    if name != "mnist_cnn":
+        assert card.phases.alternate and card.phases.precondition and card.phases.dt == 1.0
+
+
+def test_conv_card_keys_are_validated():
+    conv = ["model.kind=conv", "model.sizes=[64,72,10]", "model.channels=[8]", "model.kernels=[3]"]
+    card = ctgep.load_card("digits", conv)
+    assert card.model.image_shape() == (8, 8, 1)
+    assert isinstance(ctgep.build_network(card, jr.PRNGKey(0)), ctgep.ConvNetwork)
+    assert isinstance(ctgep.build_network(ctgep.load_card("digits"), jr.PRNGKey(0)), ctgep.LayeredNetwork)
+    with pytest.raises(ctgep.CardError, match=r"gives the flat widths \[64, 72, 10\]"):
+        ctgep.load_card("digits", conv + ["model.sizes=[64,70,10]"])
+    with pytest.raises(ctgep.CardError, match="does not tile"):
+        ctgep.load_card("digits", conv + ["model.kernels=[4]"])
+    with pytest.raises(ctgep.CardError, match="model.kind = 'conv'"):
+        ctgep.load_card("digits", ["model.channels=[8]"])
+    with pytest.raises(ctgep.CardError, match="model.kind"):
+        ctgep.load_card("digits", ["model.kind=dense"])
+    with pytest.raises(ctgep.CardError, match="model.layout"):
+        ctgep.load_card("digits", conv + ["model.layout=CHWN"])
+    with pytest.raises(ctgep.CardError, match="model.image"):
+        ctgep.load_card("digits", conv + ["model.image=[8,8,2]"])
