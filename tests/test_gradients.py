@@ -99,3 +99,33 @@ def test_bad_inputs_give_clear_errors(x64):
         G.bptt(net, x, y, T=1.0, solver="rk4")
     with pytest.raises(TypeError, match="net must be"):
         G.rbp(object(), x, y)
+
+
+def test_clipped_scheme_reference_on_hard_sigmoid(x64):
+    # The clipped Euler scheme's fixed point is a complementarity point, not a root of μ; its
+    # objective's gradient equals finite differences that re-solve it, and EP computed with the
+    # scheme tends to its own ν (docs/theory.md#the-clipped-scheme).
+    net, x, y = problem(0, "hard_sigmoid")
+    s = G.clipped_fixed_point(net, x)
+    comp = G.complementarity(net, x, s)
+    assert comp["free_residual"].max() < 1e-12 and comp["violation"].max() == 0.0
+    assert comp["n_active"].min() > 0 and comp["margin"].min() > 1e-3
+    mu = net.vector_field(s, net.drive(x))
+    assert max(float(jnp.max(jnp.abs(m))) for m in mu) > 1e-2  # saturated units: ‖μ‖∞ is not small
+    g = G.clipped_rbp(net, x, y, s_free=s)
+    assert G.relative_error(g, G.clipped_finite_difference(net, x, y, s_free=s)) < 1e-7
+    nu = G.clipped_nu(net, x, y, s_free=s)
+    assert G.relative_error(nu, G.nu(net, x, y)) > 0.1  # not the ODE's ν
+    zeros = jnp.zeros((x.shape[0],), x.dtype)
+    free = ctgep.PhaseResult(state=s, t_stop=zeros, steps=zeros.astype(jnp.int32), residual=zeros,
+                             code=zeros.astype(jnp.int8))
+    errs = [G.relative_error(ctgep.ep_update(net, x, y, beta=b, solver=ctgep.Euler(dt=0.5), tol=1e-10,
+                                             free=free, t_nudged=20000.0), nu) for b in (0.008, 0.004)]
+    assert 1.7 < errs[0] / errs[1] < 2.3 and errs[1] < 0.05  # order one in β, towards ν_clip
+
+
+def test_clipped_reference_without_bounds_is_the_plain_one(x64):
+    net, x, y = problem(1)
+    s = G.fixed_point(net, x)
+    assert G.relative_error(G.clipped_nu(net, x, y, s_free=s), G.nu(net, x, y, s_free=s)) < 1e-12
+    assert G.relative_error(G.clipped_rbp(net, x, y, s_free=s), G.rbp(net, x, y, s_free=s)) < 1e-12
