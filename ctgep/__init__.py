@@ -20,7 +20,6 @@ _LAZY = {
     "EnergyNetwork": "._dynamics.networks",
     "LayeredNetwork": "._dynamics.networks",
     "ConvNetwork": "._dynamics.conv",
-    "ConvNetwork": "._dynamics.conv",
     "free_phase": "._simulation.phases",
     "nudged_phase": "._simulation.phases",
     "Observer": "._simulation.problem",
