@@ -43,6 +43,27 @@ class Euler(AbstractStepper, strict=True):
     def residual_kind(self) -> str:
         return "projected" if self.clip else "raw"
 
+    @property
+    def clips(self) -> bool:
+        return self.clip
+
+    @property
+    def name(self) -> str:
+        """The iteration this is: Euler, alternating Euler, Jacobi or block Gauss–Seidel."""
+        if self.precondition:
+            return "block Gauss–Seidel" if self.alternate else "Jacobi"
+        return "alternating Euler" if self.alternate else "Euler"
+
+    def linear_sweep(self, problem, s):
+        steps = self.prepare(problem, s)
+        h = tuple(jnp.broadcast_to(st, a.shape).astype(a.dtype) for st, a in zip(steps, s))
+        bounds = self.bounds(problem.net)
+        if bounds is None:
+            free = tuple(jnp.ones(a.shape, bool) for a in s)
+        else:
+            free = tuple((a > bounds[0]) & (a < bounds[1]) for a in s)
+        return h, free, self._groups(len(s))
+
     def prepare(self, problem: PhaseProblem, s0):
         """Each layer's step: `ε`, or `ε / max(1, 1 + β ∂²C/∂s_i²)` per unit when preconditioned.
 

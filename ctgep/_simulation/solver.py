@@ -75,6 +75,15 @@ class AbstractPhaseSolver(eqx.Module):
         """The finest spacing of record times this solver can honour (its step), or None."""
         return None
 
+    @property
+    def clips(self) -> bool:
+        """Whether the solver projects the state onto the network's `state_bounds`."""
+        return False
+
+    def bounds(self, net) -> tuple[float, float] | None:
+        """The box the solver holds the state in (`net.state_bounds` when it clips), or None."""
+        return net.state_bounds if self.clips else None
+
     def describe(self) -> dict:
         """The solver's settings as plain JSON-able values (for netCDF attributes and metadata)."""
         out: dict[str, Any] = {"kind": type(self).__name__.lower()}
@@ -110,6 +119,16 @@ class AbstractStepper(AbstractPhaseSolver):
     @property
     def time_resolution(self):
         return float(self.dt)
+
+    def linear_sweep(self, problem: PhaseProblem, s: State):
+        """The step linearised at a fixed point `s`, for stability analysis (docs/theory.md).
+
+        Returns `(h, free, groups)`: per-unit steps `h` and the mask `free` of units the step
+        moves (shaped like `s`), and the layer index groups updated in turn; one step maps an
+        error `e` group by group to `free · (e + h Jμ e)` on the group's units. Steppers whose
+        step is not of this form raise `NotImplementedError`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not describe its linearised step")
 
     def relax(self, problem, s0, *, t_max, tol, stop, observer=None):
         dt = float(self.dt)

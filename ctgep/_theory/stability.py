@@ -18,7 +18,6 @@ contributes an eigenvalue exactly −1, so the interesting part of the spectrum 
 active units.
 """
 
-import math
 
 import equinox as eqx
 import jax
@@ -32,7 +31,10 @@ from jax.flatten_util import ravel_pytree
 
 from .._dynamics.networks import AbstractDynamics
 from .._simulation.phases import PhaseResult, free_phase, nudged_phase
-from .._simulation.solvers import Euler, get_solver
+from .._simulation.euler import Euler
+from .._simulation.problem import PhaseProblem
+from .._simulation.solver import AbstractStepper
+from .._simulation.solvers import get_solver
 
 __all__ = ["DENSE_MAX", "FixedPoints", "convergence", "fixed_points", "iteration_spectrum",
            "jacobian_spectrum", "predicted_steps", "unit_steps"]
@@ -188,8 +190,8 @@ def fixed_points(
         r = nudged_phase(net, x, y, s_init, beta=beta, solver=solver, t_max=t_max, tol=relax_tol)
     s = r.state
     yy = None if beta == 0.0 else y
-    bounds = net.state_bounds
-    if polish and isinstance(solver, Euler) and solver.clip and bounds is not None:
+    bounds = solver.bounds(net)
+    if polish and bounds is not None:
         # The clipped scheme settles at `clip(s*)`. A unit held at a bound has ρ′ undefined there
         # (the kink) and Newton may stall on it; one unclipped leak step `s + μ^β(s)` on those
         # units moves them to `s*` (exact for a leaky network whose ρ saturates at the bounds).
@@ -379,37 +381,31 @@ def jacobian_spectrum(net, x, s, *, y=None, beta: float = 0.0, n_eig: int = 6, m
 # The discretised iteration
 
 
-def unit_steps(net, x, s, *, y=None, beta: float = 0.0, solver: Euler):
-    """Each unit's Euler step, `(batch, n)`: `dt`, or with `precondition` `dt / max(1, 1 + β c_i)`
-    where `c = (∂²C/∂s²)·1` is the cost's curvature (what :class:`ctgep.Euler` runs)."""
-    n = sum(a.shape[-1] for a in jax.tree_util.tree_leaves(s))
-    h = jnp.full((x.shape[0], n), solver.dt, x.dtype)
-    if not solver.precondition or y is None or beta == 0.0:
-        return h
-    cost = lambda u: jnp.sum(net.cost(u, y))
-    ones = jax.tree_util.tree_map(jnp.ones_like, s)
-    curv = jax.jvp(jax.grad(cost), (s,), (ones,))[1]
-    leak = 1.0 + beta * jnp.concatenate([jnp.mean(c, axis=0) for c in jax.tree_util.tree_leaves(curv)])
-    return jnp.broadcast_to(solver.dt / jnp.maximum(leak, 1.0), h.shape).astype(x.dtype)
+def _stepper(solver) -> AbstractStepper:
+    if not isinstance(solver, AbstractStepper):
+        raise ValueError(f"solver must be a fixed-step iteration such as ctgep.Euler, got {solver!r}")
+    return solver
+
+
+def unit_steps(net, x, s, *, y=None, beta: float = 0.0, solver: AbstractStepper):
+    """Each unit's step `(batch, n)` as the solver takes it at `s` (for :class:`ctgep.Euler`:
+    `dt`, or with `precondition` `dt / max(1, 1 + β c_i)`, `c = (∂²C/∂s²)·1`)."""
+    return _iteration_parts(net, x, s, y, beta, solver)[0]
 
 
 def _iteration_parts(net, x, s, y, beta, solver):
-    """Steps `h`, active mask and group membership `(groups, batch, n)` of the Euler sweep."""
-    leaves = jax.tree_util.tree_leaves(s)
-    sizes = [a.shape[-1] for a in leaves]
-    flat = _flatten_batch(s)
-    h = np.asarray(unit_steps(net, x, s, y=y, beta=beta, solver=solver), np.float64)
-    bounds = net.state_bounds if solver.clip else None
-    if bounds is None:
-        active = np.ones_like(flat, bool)
-    else:
-        active = (flat > bounds[0]) & (flat < bounds[1])
+    """Steps `h`, free-unit mask `(batch, n)` and group membership `(groups, n)` of the sweep."""
+    yy = None if y is None or beta == 0.0 else y
+    problem = PhaseProblem(net, x, yy, jnp.asarray(beta, x.dtype))
+    try:
+        h, free, groups = _stepper(solver).linear_sweep(problem, s)
+    except NotImplementedError as e:
+        raise ValueError(str(e)) from None
+    sizes = [a.shape[-1] for a in jax.tree_util.tree_leaves(s)]
+    flat = lambda tree: np.concatenate([np.asarray(a) for a in jax.tree_util.tree_leaves(tree)], axis=-1)
     layer = np.concatenate([np.full(m, l) for l, m in enumerate(sizes)])
-    if solver.alternate and len(sizes) > 1:
-        groups = [layer % 2 == 0, layer % 2 == 1]
-    else:
-        groups = [np.ones_like(layer, bool)]
-    return h, active, np.stack(groups)
+    member = np.stack([np.isin(layer, g) for g in groups])
+    return flat(h).astype(np.float64), flat(free), member
 
 
 def _iterate(v, jmv, h, active, groups):
@@ -420,7 +416,7 @@ def _iterate(v, jmv, h, active, groups):
     return u
 
 
-def iteration_spectrum(net, x, s, *, solver: Euler, y=None, beta: float = 0.0, n_eig: int = 6,
+def iteration_spectrum(net, x, s, *, solver: AbstractStepper, y=None, beta: float = 0.0, n_eig: int = 6,
                        method: str = "auto", seed: int = 0, arpack_tol: float = 1e-6) -> xr.Dataset:
     """Spectrum of the Euler scheme's iteration matrix at the fixed point `s`, per sample.
 
@@ -433,8 +429,7 @@ def iteration_spectrum(net, x, s, *, solver: Euler, y=None, beta: float = 0.0, n
     convergence; the error then shrinks by that factor per step.
     """
     _check(net, x, y, beta)
-    if not isinstance(solver, Euler):
-        raise ValueError(f"solver must be a ctgep.Euler, got {solver!r}")
+    _stepper(solver)
     if isinstance(s, (PhaseResult, FixedPoints)):
         s = s.state
     yy = None if beta == 0.0 else y
@@ -467,8 +462,7 @@ def iteration_spectrum(net, x, s, *, solver: Euler, y=None, beta: float = 0.0, n
             vals, ok[i] = _arpack(op, min(k, n - 2), "LM", False, v0 * active[i] + 1e-3 * v0, arpack_tol)
             eig[i] = _sort_abs(vals, k)
     radius = np.nanmax(np.abs(eig), axis=-1)
-    name = ("block Gauss–Seidel" if solver.alternate else "Jacobi") if solver.precondition else (
-        "alternating Euler" if solver.alternate else "Euler")
+    name = getattr(solver, "name", type(solver).__name__)
     return xr.Dataset(
         {
             "iter_eig_real": (("sample", "eig"), eig.real, _attrs("real part of eigenvalue of the iteration matrix (largest modulus first)", "1")),
@@ -478,9 +472,9 @@ def iteration_spectrum(net, x, s, *, solver: Euler, y=None, beta: float = 0.0, n
             "iter_eig_converged": ("sample", ok, _attrs("eigensolver converged (ARPACK; always true when dense)", "1")),
         },
         coords={"sample": np.arange(batch), "eig": np.arange(k)},
-        attrs={"iteration": name, "dt": float(solver.dt), "clip": int(solver.clip),
-               "precondition": int(solver.precondition), "alternate": int(solver.alternate),
-               "iteration_method": method},
+        attrs={"iteration": name, "iteration_method": method,
+               **{k: (int(v) if isinstance(v, bool) else v) for k, v in solver.describe().items()
+                  if k != "kind" and isinstance(v, (bool, int, float, str))}},
     )
 
 
@@ -519,8 +513,7 @@ def convergence(net, x, *, solver: Euler, y=None, beta: float = 0.0, s_init=None
     transient changes the active set. Returns the :func:`iteration_spectrum` variables too.
     """
     _check(net, x, y, beta)
-    if not isinstance(solver, Euler):
-        raise ValueError(f"solver must be a ctgep.Euler, got {solver!r}")
+    _stepper(solver)
     yy = None if beta == 0.0 else y
     if beta == 0.0:
         start = net.init_state(x) if s_init is None else s_init
@@ -528,7 +521,7 @@ def convergence(net, x, *, solver: Euler, y=None, beta: float = 0.0, s_init=None
         start = fixed_points(net, x).state if s_init is None else s_init
     if isinstance(start, (PhaseResult, FixedPoints)):
         start = start.state
-    bounds = net.state_bounds if solver.clip else None
+    bounds = solver.bounds(net)
     if bounds is not None:  # the clipped scheme only ever holds states inside the bounds
         start = jax.tree_util.tree_map(lambda a: jnp.clip(a, *bounds), start)
     if fixed is None:
@@ -547,6 +540,6 @@ def convergence(net, x, *, solver: Euler, y=None, beta: float = 0.0, s_init=None
         initial_residual=("sample", r0, _attrs("‖μ^β‖∞ at the initial state (projected when clipped)", RATE)),
         predicted_steps=("sample", pred, _attrs("predicted steps: ⌈log(tol/r0)/log(spectral radius)⌉ (inf: no convergence)", "steps")),
         measured_steps=("sample", measured, _attrs("measured steps to ‖μ^β‖∞ < tol (inf: not within t_max)", "steps")),
-        predicted_time=("sample", pred * solver.dt, _attrs("predicted relaxation time", "τ")),
-        measured_time=("sample", measured * solver.dt, _attrs("measured relaxation time", "τ")),
+        predicted_time=("sample", pred * solver.time_resolution, _attrs("predicted relaxation time", "τ")),
+        measured_time=("sample", measured * solver.time_resolution, _attrs("measured relaxation time", "τ")),
     ).assign_attrs(convergence_tol=float(tol), t_max=float(t_max), phase="free" if beta == 0.0 else "nudged")

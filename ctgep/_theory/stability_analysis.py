@@ -20,7 +20,9 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 from .._dynamics.networks import AbstractDynamics
-from .._simulation.solvers import Euler, get_solver
+from .._simulation.euler import Euler
+from .._simulation.solver import AbstractStepper
+from .._simulation.solvers import get_solver
 from . import gradients as G
 from .stability import (
     RATE,
@@ -185,8 +187,8 @@ def analyse(net: AbstractDynamics, x, y=None, *, solver=None, inits: int = 8, ke
     """
     _check(net, x, y, 0.0)
     solver = Euler(dt=0.5) if solver is None else get_solver(solver)
-    if not isinstance(solver, Euler):
-        raise ValueError(f"solver must be a ctgep.Euler (the iteration analysed), got {solver!r}")
+    if not isinstance(solver, AbstractStepper):
+        raise ValueError(f"solver must be a fixed-step iteration such as ctgep.Euler (the iteration analysed), got {solver!r}")
     key = jr.PRNGKey(0) if key is None else key
     say = log or (lambda m: None)
     timings = {}
