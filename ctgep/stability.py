@@ -1,20 +1,23 @@
 """Convergence and stability analysis: fixed points, spectra, the discretised iteration, basins
 of attraction and the descent check of the paper's §5 ("good parameters").
 
-The public namespace of :mod:`ctgep._theory.stability` and :mod:`ctgep._theory.stability_analysis`.
+The public namespace of :mod:`ctgep._theory.stability`, :mod:`ctgep._theory.iteration` and
+:mod:`ctgep._theory.stability_analysis`.
 Every function takes a batch and returns an `xarray.Dataset` (or, for :func:`fixed_points`, a
 :class:`FixedPoints`); time is in units of the membrane time constant τ.
 """
 
+from ._theory.iteration import (
+    convergence as convergence,
+    iteration_spectrum as iteration_spectrum,
+    predicted_steps as predicted_steps,
+    unit_steps as unit_steps,
+)
 from ._theory.stability import (
     DENSE_MAX as DENSE_MAX,
     FixedPoints as FixedPoints,
-    convergence as convergence,
     fixed_points as fixed_points,
-    iteration_spectrum as iteration_spectrum,
     jacobian_spectrum as jacobian_spectrum,
-    predicted_steps as predicted_steps,
-    unit_steps as unit_steps,
 )
 from ._theory.stability_analysis import (
     analyse as analyse,

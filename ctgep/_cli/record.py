@@ -218,7 +218,8 @@ def _record(args) -> int:
 
 def _run(args) -> int:
     from .._observation.plots import save_figures
-    from .._observation.record import error_arrival_times, record
+    from .._observation.record import record
+    from .._observation.record_io import error_arrival_times
     from .._simulation.solvers import Euler, get_solver
 
     net, card, what = _network(args)

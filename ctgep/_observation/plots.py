@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from .._observation.record import _phase, error_arrival_times
+from .record_io import _phase, error_arrival_times
 
 
 def _subplots(nrows=1, figsize=(6, 4), **kwargs):

@@ -24,12 +24,12 @@ from .._simulation.euler import Euler
 from .._simulation.solver import AbstractStepper
 from .._simulation.solvers import get_solver
 from . import gradients as G
+from .iteration import convergence
 from .stability import (
     RATE,
     _attrs,
     _check,
     _flatten_batch,
-    convergence,
     fixed_points,
     jacobian_spectrum,
 )
