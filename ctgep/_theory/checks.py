@@ -24,7 +24,6 @@ from .. import gradients as G
 from .._dynamics.networks import AbstractDynamics
 from .._learning.rules import ep_update
 from .._errors import ConvergenceError
-from .._simulation.euler import Euler
 from . import checks_clipped as CC
 from .checks_problems import (  # noqa: F401  (re-exported: tests and the CLI use them from here)
     _fd_directional, asymmetry, problem_data, random_problem, slow_problem, tied_linear_network,
@@ -165,7 +164,7 @@ def run_checks(net: AbstractDynamics | None = None, x=None, y=None, *, seed: int
             lambda: _bptt_rows(ctx, say))
     section("thm6", [("Theorem 6 = autodiff BPTT", "adjoint ODE on stored path vs BPTT")],
             lambda: _thm6_rows(ctx, say))
-    if solver is not None and isinstance(solver, Euler):
+    if solver is not None and solver.time_resolution is not None:  # a fixed-step scheme
         section("scheme", [("the card's scheme", "fixed point, objective and ν")],
                 lambda: CC.scheme_rows(net, x, y, solver, rule=rule, key=jr.fold_in(key, 7),
                                        full_fd_limit=full_fd_limit, row=_row, say=say))

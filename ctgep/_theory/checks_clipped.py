@@ -73,11 +73,11 @@ def scheme_rows(net, x, y, solver, *, rule="endpoint", key, full_fd_limit=2000, 
     `row(check, quantity, value, kind, bound)` builds a table row (see checks.py). Returns
     `(rows, data)`.
     """
-    clip = isinstance(solver, Euler) and solver.clip and net.state_bounds is not None
+    clip = solver.bounds(net) is not None
     name = "clipped Euler" if clip else type(solver).__name__
     rows, data = [], {}
     say(f"the card's scheme ({name}): its fixed point, objective and ν")
-    ref = Euler(dt=solver.dt, clip=True) if clip else None
+    ref = Euler(dt=solver.time_resolution or 0.5, clip=True) if clip else None
     if clip:
         s = G.clipped_fixed_point(net, x, solver=ref)
         comp = G.complementarity(net, x, s)

@@ -29,6 +29,7 @@ from jax.flatten_util import ravel_pytree
 from .._dynamics import field as F
 from .._dynamics.networks import AbstractDynamics
 from .._simulation.euler import Euler
+from .._simulation.solver import AbstractPhaseSolver
 from .._simulation.phases import free_phase, nudged_phase
 from .._simulation.results import PhaseResult
 from .gradients import _beta, _check_inputs, _cost_grads, _per_sample, _require_converged, _sample_field
@@ -52,10 +53,8 @@ def _bounds(net):
 def _euler(solver, dt):
     if solver is None:
         return Euler(dt=dt, clip=True)
-    if not isinstance(solver, Euler):
-        raise ValueError(f"solver={solver!r} must be a ctgep.Euler (the clipped scheme)")
-    if not solver.clip:
-        raise ValueError("the clipped scheme's fixed point needs Euler(clip=True)")
+    if not (isinstance(solver, AbstractPhaseSolver) and solver.clips):
+        raise ValueError(f"solver={solver!r} must clip the state, e.g. ctgep.Euler(clip=True) (the clipped scheme)")
     return solver
 
 
