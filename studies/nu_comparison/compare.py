@@ -588,6 +588,12 @@ STYLE = {("endpoint", "one-sided"): ("C0", "-"), ("endpoint", "centered"): ("C0"
          ("continual", "one-sided"): ("C2", "-"), ("continual", "centered"): ("C2", "--")}
 
 
+def largest_beta(betas, nudging):
+    """The largest β of the grid that `nudging` allows (centered: β < 1)."""
+    ok = [b for b in betas if nudging == "one-sided" or b < 1]
+    return max(ok) if ok else betas[0]
+
+
 def figures(ds, out):
     import matplotlib.pyplot as plt
     paths = []
@@ -698,14 +704,14 @@ def figures(ds, out):
             ax = axes[j]
             for act, mk in zip(acts, "os"):
                 for n in NUDGINGS:
-                    v = ds.small_orbit_cos.sel(activation=act, orbit_kind=kind, nudging=n).isel(
-                        orbit_beta=-1 if n == "one-sided" else -2).median("seed").mean("pair")
+                    v = ds.small_orbit_cos.sel(activation=act, orbit_kind=kind, nudging=n).sel(
+                        orbit_beta=largest_beta(ds.orbit_beta.values, n)).median("seed").mean("pair")
                     ax.plot(range(len(tfs)), v, marker=mk, ls="--" if n == "centered" else "-",
                             label=f"{act} {n}")
             if "mnist_orbit_cos" in ds:
                 for n in NUDGINGS:
-                    v = ds.mnist_orbit_cos.sel(orbit_kind=kind, nudging=n).isel(
-                        mnist_orbit_beta=-1 if n == "one-sided" else -2).mean("mnist_pair")
+                    v = ds.mnist_orbit_cos.sel(orbit_kind=kind, nudging=n).sel(
+                        mnist_orbit_beta=largest_beta(ds.mnist_orbit_beta.values, n)).mean("mnist_pair")
                     ax.plot(range(len(v)), v, color="k", marker="^", ls="--" if n == "centered" else "-",
                             label=f"MNIST {n} (t_free {', '.join(str(t) for t in ds.mnist_t_free.values)})")
             ax.set_xticks(range(len(tfs)), tfs)
