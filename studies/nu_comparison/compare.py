@@ -24,9 +24,15 @@ hard sigmoid) and on a trained MNIST checkpoint (a few hundred test images):
 Writes DIR/nu_comparison.nc, DIR/fig_*.png and DIR/RESULTS.md (tables regenerated; the text
 between the `<!-- notes -->` markers of an existing RESULTS.md is kept).
 
-    python studies/nu_comparison/compare.py                 # full study (~30 min on 2 busy cores)
-    python studies/nu_comparison/compare.py --quick         # a couple of minutes
+    python studies/nu_comparison/compare.py                 # everything, one process (long: MNIST references)
+    python studies/nu_comparison/compare.py --quick         # small sweeps (a few minutes on an idle machine)
     python studies/nu_comparison/compare.py --quick --out /tmp/nu --no-mnist --train-steps 0
+
+On a busy machine run the parts in parallel and merge them (what the committed data came from,
+see RESULTS.md): `--parts small --activations sigmoid --out A`, `--parts small --activations
+hard_sigmoid --out B`, `--parts mnist … --out C`, `--parts train --out D`, then
+`--combine A/nu_comparison.nc B/nu_comparison.nc:small C/nu_comparison.nc:mnist
+D/nu_comparison.nc:train` (FILE:PREFIX keeps only the variables PREFIX*).
 """
 
 import argparse
@@ -784,8 +790,8 @@ def report(ds, out, figs, elapsed):
          "Angles in degrees; medians over seeds. References: ν = `ctgep.gradients.nu` (the clipped scheme's "
          "`clipped_nu` for `gauss_seidel_clipped`), −∇J = `-rbp` (`-clipped_rbp`), BPTT = `-bptt` at "
          f"T = {ds.attrs['bptt_T']} (MNIST: Euler dt 0.5, T = {ds.attrs['mnist_bptt_T']}).", "",
-         "Commands of the parts: " + "; ".join(f"{k[8:]}: `{v}`" for k, v in sorted(ds.attrs.items())
-                                                if k.startswith("command_")) + ".", "",
+         "Data from: " + "; ".join(f"`{v}`" for k, v in sorted(ds.attrs.items())
+                                   if k.startswith("command_")) + ".", "",
          "<!-- notes -->" + notes + "<!-- /notes -->", ""]
     for f in figs:
         L += [f"![{f.stem}]({f.name})", ""]
@@ -890,7 +896,7 @@ def main(argv=None):
     p.add_argument("--no-mnist", action="store_true")
     p.add_argument("--combine", type=Path, nargs="+", default=None,
                    help="merge these nu_comparison.nc files (parts run separately) into --out and redo "
-                        "the figures and RESULTS.md")
+                        "the figures and RESULTS.md; FILE:PREFIX keeps only the variables named PREFIX*")
     p.add_argument("--data-dir", default=os.environ.get("CTGEP_DATA_DIR"))
     p.add_argument("--activations", default=None, help="comma list (default sigmoid,hard_sigmoid)")
     p.add_argument("--seeds", type=ints, default=None)
@@ -922,8 +928,8 @@ def main(argv=None):
     p.add_argument("--mnist-orbit-betas", type=floats, default=None)
     p.add_argument("--mnist-orbit-t-nudged", type=float, default=5.0)
     p.add_argument("--train-steps", type=int, default=None)
-    p.add_argument("--train-sizes", type=ints, default=[64, 32, 32, 10])
-    p.add_argument("--train-lr", type=float, default=0.1)
+    p.add_argument("--train-sizes", type=ints, default=[64, 128, 128, 10])
+    p.add_argument("--train-lr", type=float, default=0.01)
     p.add_argument("--train-beta", type=float, default=0.5)
     p.add_argument("--train-batch", type=int, default=20)
     p.add_argument("--train-dt", type=float, default=1.0)
@@ -956,8 +962,8 @@ def main(argv=None):
     a.mnist_etas = d(a.mnist_etas, [1e-3], [1e-4, 1e-3, 1e-2])
     a.mnist_t_frees = [t if t == "settled" else float(t) for t in d(a.mnist_t_frees, "5,settled", "3,5,15,settled").split(",")]
     a.mnist_orbit_betas = d(a.mnist_orbit_betas, [0.1, 0.5], [0.1, 0.5, 1.0])
-    a.train_steps = d(a.train_steps, 60, 600)
-    a.train_log_every = d(a.train_log_every, 20, 25)
+    a.train_steps = d(a.train_steps, 60, 1600)
+    a.train_log_every = d(a.train_log_every, 20, 20)
     for b in (a.beta_fixed,):
         if b not in a.betas:
             a.betas = sorted(a.betas + [b])
@@ -971,7 +977,16 @@ def main(argv=None):
     command = "python studies/nu_comparison/compare.py " + " ".join(
         shlex.quote(s) for s in (sys.argv[1:] if argv is None else argv))
     if a.combine:
-        parts_ds = [xr.load_dataset(f) for f in a.combine]
+        parts_ds = []
+        for f in a.combine:
+            f, _, prefix = str(f).partition(":")
+            d_ = xr.load_dataset(f)
+            cmd = d_.attrs.get("command", f)
+            if prefix:  # keep only the variables (and their coordinates) whose names start with prefix
+                d_ = d_[[v for v in d_.data_vars if v.startswith(prefix)]]
+            d_.attrs = {k: v for k, v in xr.load_dataset(f).attrs.items() if not k.startswith("command")}
+            d_.attrs[f"command_{len(parts_ds) + 1}"] = cmd + (f" (variables {prefix}*)" if prefix else "")
+            parts_ds.append(d_)
         attrs = {}
         for d_ in parts_ds:
             attrs.update(d_.attrs)
