@@ -178,14 +178,17 @@ def zero_stats(n_out: int) -> dict:
     return {**{k: np.zeros((), np.float32) for k in STATS}, ACTIVE: np.zeros((n_out,), np.float32)}
 
 
-def build_training_step(card: Card, steps_per_epoch: int = 1) -> TrainingStep:
+def build_training_step(card: Card, steps_per_epoch: int = 1, *, solver=None) -> TrainingStep:
     """Compile `card`'s train step (optimiser scheduled over `steps_per_epoch`) and eval step.
 
     Python floats of the card stay static. The steps compile at their first call; keep the
     returned object to reuse the compiled code (e.g. pass it to :func:`ctgep.train` as `step`).
+    `solver`: any :class:`ctgep.AbstractPhaseSolver` to relax with instead of the card's
+    `phases.solver` (a solver of your own trains unchanged; the run's card still names the
+    card's solver, so say which one you used).
     """
     optimizer = build_optimizer(card, steps_per_epoch)
-    solver = build_solver(card)
+    solver = build_solver(card) if solver is None else solver
     p, l = card.phases, card.learning
     common = dict(solver=solver, tol=float(p.tol), stop_at_steady_state=bool(p.stop_at_steady_state))
     n_out = card.model.sizes[-1]
