@@ -43,3 +43,10 @@ def test_quick_mode_writes_dataset(compare, tmp_path):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## Training on MNIST" in text and "784-512-512-10_integrated_gauss_seidel_centered" in text
     assert (tmp_path / "fig_beta.png").exists() and (tmp_path / "fig_orbit.png").exists()
+    # Parts run separately are merged with --combine FILE:PREFIX, attributes kept.
+    out = tmp_path / "combined"
+    compare.main(["--combine", f"{tmp_path / 'nu_comparison.nc'}:small", "--out", str(out)])
+    merged = xr.open_dataset(out / "nu_comparison.nc")
+    for v in list(merged.data_vars) + list(merged.coords):
+        assert merged[v].attrs.get("long_name") and merged[v].attrs.get("units"), v
+    assert any(k.startswith("command_") for k in merged.attrs)
