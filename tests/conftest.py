@@ -42,3 +42,11 @@ def small_problem(x64):
     x = jr.uniform(jr.PRNGKey(1), (5, 8), jnp.float64)
     y = jax.nn.one_hot(jnp.arange(5) % 4, 4, dtype=jnp.float64)
     return net, x, y
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop JAX's compiled programs after each test module: one process compiles a few thousand
+    over the suite, and holding them all made XLA's compiler crash late in a full run."""
+    yield
+    jax.clear_caches()
