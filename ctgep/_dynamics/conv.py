@@ -40,9 +40,9 @@ import jax.random as jr
 from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .activations import STATE_BOUNDS, get_activation
+from .activations import get_activation
 from .convshape import conv_maps, conv_sizes
-from .networks import AbstractDynamics, _at_angle, _glorot
+from .networks import AbstractRateNetwork, _at_angle, _glorot
 
 __all__ = ["ConvNetwork", "conv_maps", "conv_sizes"]
 
@@ -66,7 +66,7 @@ def _pooled_kernel(kernel, pool: int):
     return total / (pool * pool)
 
 
-class ConvNetwork(AbstractDynamics, strict=True):
+class ConvNetwork(AbstractRateNetwork, strict=True):
     """Convolutional layers with untied transposed-convolution feedback, and a dense output.
 
     `Wf = (K_1, …, K_C, W_L)`: conv kernels `(k, k, C_{l−1}, C_l)` (HWIO) and the output matrix
@@ -216,12 +216,6 @@ class ConvNetwork(AbstractDynamics, strict=True):
             mu.append(total - state[i])
         return tuple(mu)
 
-    def output(self, state):
-        return state[-1]
-
-    @property
-    def state_bounds(self):
-        return STATE_BOUNDS.get(self.activation)
 
     def feedback_references(self) -> tuple:
         """The forward array each feedback array `Wb[i]` is compared with (weight alignment):

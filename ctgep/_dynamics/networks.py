@@ -60,6 +60,20 @@ class AbstractDynamics(eqx.Module):
         return None
 
 
+class AbstractRateNetwork(AbstractDynamics):
+    """A network of units firing at `ρ(s)` for a named activation, read out at its last layer;
+    the paper's Euler scheme clips the state to the bounds of `ρ` (Eq. 59)."""
+
+    activation: eqx.AbstractVar[str]
+
+    def output(self, state):
+        return state[-1]
+
+    @property
+    def state_bounds(self):
+        return STATE_BOUNDS.get(self.activation)
+
+
 def _glorot(key, shape, dtype):
     fan_out, fan_in = shape
     limit = math.sqrt(6.0 / (fan_in + fan_out))
@@ -88,7 +102,7 @@ def _check_sizes(sizes) -> tuple[int, ...]:
     return sizes
 
 
-class LayeredNetwork(AbstractDynamics, strict=True):
+class LayeredNetwork(AbstractRateNetwork, strict=True):
     """Leaky-integrator layers with untied feedforward and feedback weights (Eq. 6–8).
 
     Layers are numbered input → output: `s₀ = x` is clamped, `s₁ … s_L` evolve by
@@ -179,15 +193,9 @@ class LayeredNetwork(AbstractDynamics, strict=True):
             mu.append(total - state[l])
         return tuple(mu)
 
-    def output(self, state):
-        return state[-1]
-
-    @property
-    def state_bounds(self):
-        return STATE_BOUNDS.get(self.activation)
 
 
-class EnergyNetwork(AbstractDynamics, strict=True):
+class EnergyNetwork(AbstractRateNetwork, strict=True):
     """The tied-weight network of the original EP (Scellier & Bengio 2017): `μ = −∂E/∂s`.
 
         E(s) = ½ Σ_l ‖s_l‖² − Σ_l ρ(s_l)ᵀ W_l ρ(s_{l−1}) − Σ_l b_lᵀ ρ(s_l),   s₀ = x.
@@ -230,9 +238,3 @@ class EnergyNetwork(AbstractDynamics, strict=True):
         grad = jax.grad(lambda s: jnp.sum(self.energy(s, drive)))(state)
         return jax.tree_util.tree_map(jnp.negative, grad)
 
-    def output(self, state):
-        return state[-1]
-
-    @property
-    def state_bounds(self):
-        return STATE_BOUNDS.get(self.activation)

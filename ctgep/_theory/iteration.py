@@ -26,7 +26,7 @@ from .stability import (
     _flatten_batch,
     _jacobians_jit,
     _matvecs,
-    _method,
+    _spectrum_setup,
     _sort_abs,
     _unbatch,
     fixed_points,
@@ -84,15 +84,8 @@ def iteration_spectrum(net, x, s, *, solver: AbstractStepper, y=None, beta: floa
     unit is held by the clip, its row of `M` is zero. The spectral radius `< 1` is local
     convergence; the error then shrinks by that factor per step.
     """
-    _check(net, x, y, beta)
     _stepper(solver)
-    if isinstance(s, (PhaseResult, FixedPoints)):
-        s = s.state
-    yy = None if beta == 0.0 else y
-    b = jnp.asarray(beta, x.dtype)
-    n = sum(a.shape[-1] for a in jax.tree_util.tree_leaves(s))
-    k = max(1, min(int(n_eig), n))
-    method = _method(method, n)
+    s, yy, b, n, k, method = _spectrum_setup(net, x, y, beta, s, n_eig, method)
     h, active, groups = _iteration_parts(net, x, s, yy, beta, solver)
     batch = x.shape[0]
     eig = np.full((batch, k), np.nan + 0j)

@@ -295,6 +295,16 @@ def _unbatch(s, i):
     return jax.tree_util.tree_map(lambda a: a[i], s)
 
 
+def _spectrum_setup(net, x, y, beta, s, n_eig, method):
+    """Checked inputs of a spectrum: `(s, y or None, β as an array, n units, k eigenvalues, method)`."""
+    _check(net, x, y, beta)
+    if isinstance(s, (PhaseResult, FixedPoints)):
+        s = s.state
+    yy = None if beta == 0.0 else y
+    n = sum(a.shape[-1] for a in jax.tree_util.tree_leaves(s))
+    return s, yy, jnp.asarray(beta, x.dtype), n, max(1, min(int(n_eig), n)), _method(method, n)
+
+
 def jacobian_spectrum(net, x, s, *, y=None, beta: float = 0.0, n_eig: int = 6, method: str = "auto",
                       seed: int = 0, arpack_tol: float = 1e-6, log=None) -> xr.Dataset:
     """The spectrum of `Jμ = ∂μ^β/∂s` at the (batched) fixed point `s`, per sample.
@@ -306,14 +316,7 @@ def jacobian_spectrum(net, x, s, *, y=None, beta: float = 0.0, n_eig: int = 6, m
     dense method only, the 2-norm condition number (NaN otherwise). `method`: "dense", "arnoldi"
     (ARPACK: `eigs(which="LR")`, `eigsh(which="LA")`) or "auto" (dense up to `DENSE_MAX` units).
     """
-    _check(net, x, y, beta)
-    if isinstance(s, (PhaseResult, FixedPoints)):
-        s = s.state
-    yy = None if beta == 0.0 else y
-    b = jnp.asarray(beta, x.dtype)
-    n = sum(a.shape[-1] for a in jax.tree_util.tree_leaves(s))
-    k = max(1, min(int(n_eig), n))
-    method = _method(method, n)
+    s, yy, b, n, k, method = _spectrum_setup(net, x, y, beta, s, n_eig, method)
     batch = x.shape[0]
     eig = np.full((batch, k), np.nan + 0j)
     sym = np.full(batch, np.nan)
