@@ -310,3 +310,17 @@ def test_check_criteria_are_tight_for_float64(x64):
     bounds = {r.check: float(r.criterion.split()[-1]) for r in report.rows}
     assert bounds["Theorem 6 = autodiff BPTT"] <= 1e-7 and bounds["RBP = finite differences"] <= 1e-8
     assert all(r.verdict == "PASS" for r in report.rows)
+
+
+def test_check_nc_follows_the_cf_conventions(x64, tmp_path):
+    """Every variable and coordinate of check.nc has a long_name, every numeric one a unit."""
+    import xarray as xr
+
+    net, x, y = problem(0)
+    report = _checks.run_checks(net, x, y, only=("rbp",))
+    nc, _ = _checks.write_report(report, tmp_path)
+    ds = xr.open_dataset(nc)
+    for name in ds.variables:
+        assert "long_name" in ds[name].attrs, name
+        if ds[name].dtype.kind == "f":
+            assert "units" in ds[name].attrs, name

@@ -205,7 +205,36 @@ def run_checks(net: AbstractDynamics | None = None, x=None, y=None, *, seed: int
             "all_passed": int(all(r.verdict not in ("FAIL", "not converged") for r in rows)),
         },
     )
+    for name, (long_name, units) in _CHECK_ATTRS.items():
+        if name in ds.variables:
+            ds[name].attrs.update(long_name=long_name, **({} if units is None else {"units": units}))
     return CheckReport(rows, ds)
+
+
+# long_name and units of every variable and coordinate of check.nc (units None: text or an index)
+_CHECK_ATTRS = {
+    "measured": ("the quantity each row measures", "1"),
+    "passed": ("verdict of the row: 1 PASS, 0 FAIL, -1 info, -2 n/a, -3 not converged", "1"),
+    "quantity": ("what the row measures", None),
+    "criterion": ("the row's criterion", None),
+    "row": ("row of the table", None),
+    "check": ("the paper's claim the row checks", None),
+    "rule": ("EP learning rule", None),
+    "nudging": ("nudging of the EP estimate", None),
+    "beta": ("index of the nudging strength in the EP-order grid", None),
+    "ep_error": ("relative error of the EP update against the paper's nu", "1"),
+    "ep_beta_values": ("nudging strength beta of the EP-order grid", "1"),
+    "horizon": ("index of the BPTT horizon", None),
+    "horizon_values": ("BPTT horizon T", "tau"),
+    "bptt_error": ("relative error of BPTT(T) against RBP", "1"),
+    "feedback_deg": ("angle between the feedback weights and the transposed feedforward ones", "degree"),
+    "asymmetry": ("relative asymmetry of the Jacobian, |J - J^T| / |J|", "1"),
+    "angle_nu_grad": ("angle between nu and -dJ/dtheta", "degree"),
+    "scheme_beta": ("index of the nudging strength in the clipped scheme's grid", None),
+    "scheme_beta_values": ("nudging strength beta of the clipped scheme's grid", "1"),
+    "scheme_ep_error": ("relative error of the card scheme's EP update against its own nu", "1"),
+    "slowest_eigenvalue": ("slowest (largest real part) eigenvalue of the Jacobian at the free fixed point", "1/tau"),
+}
 
 
 def _rbp_rows(ctx, full_fd_limit, say):
