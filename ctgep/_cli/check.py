@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--only", metavar="SECTIONS",
                    help="comma-separated subset of: rbp, lemma2, ep, nu, sweep, prop5, bptt, thm6, scheme")
     p.add_argument("--which", choices=("best", "latest"), default="latest",
-                   help="with --checkpoint: which checkpoint to load (default: latest; "best" was chosen on the test set)")
+                   help="with --checkpoint: which checkpoint to load (default: latest; 'best' was chosen on the test set)")
     p.add_argument("--quiet", action="store_true", help="print only the table")
     p.set_defaults(func=run)
 

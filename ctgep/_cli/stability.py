@@ -35,7 +35,7 @@ def register(subparsers) -> None:
                    help="a run directory written by `ctgep train` (trained weights), or a model card "
                         "(TOML path or built-in name such as 'digits'; fresh weights from --seed)")
     p.add_argument("--checkpoint", choices=("best", "latest"), default="latest",
-                   help="which checkpoint of a run directory (default: latest; "best" was chosen on the test set)")
+                   help="which checkpoint of a run directory (default: latest; 'best' was chosen on the test set)")
     p.add_argument("--samples", type=int, default=100, metavar="N",
                    help="number of test examples analysed (default 100)")
     p.add_argument("--inits", type=int, default=8, metavar="K",
