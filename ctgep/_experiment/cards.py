@@ -5,6 +5,9 @@ A card has a top-level ``name``/``description`` and five tables — ``[model]``,
 below. Unknown keys are errors (a typo must not silently fall back to a default). Any value
 can be overridden with ``section.key=value`` strings (the CLI's ``--set``), coerced to the
 field's type. ``load_card("digits")`` finds the built-in cards shipped with the package.
+
+Over 400 lines because the schema, parsing, overrides and validation of a card are one job, and
+the validation of every key is its largest part.
 """
 
 import dataclasses

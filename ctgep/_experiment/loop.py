@@ -11,6 +11,9 @@ free state ("persistent particles", an ``(n_train, Σ sizes[1:])`` array): the t
 minibatch's rows to the train step as the free phase's start and writes the final free states
 back (one step late, outside the jitted step). The ``latest`` checkpoint saves them so that
 resume stays exact. Evaluation always starts from the network's initial state.
+
+Over 400 lines because the epoch loop, resume and evaluate share the run's state; building,
+checkpoints, the run directory and progress are in their own modules.
 """
 
 import dataclasses

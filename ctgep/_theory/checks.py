@@ -6,6 +6,10 @@ quantity, measured, criterion, pass) and the curves behind the figure, as an `xa
 :func:`write_report` saves the dataset (netCDF) and the 3-panel figure.
 
 Must be called with float64 enabled (``jax.enable_x64(True)``); the CLI does so.
+
+Over 400 lines because each section of the table (its computation, criterion and row) reads best
+beside the others; the table, the problems and the clipped scheme's rows live in
+checks_table.py, checks_problems.py and checks_clipped.py.
 """
 
 import datetime

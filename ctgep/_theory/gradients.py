@@ -17,6 +17,9 @@ adjoint ODEs of Appendix B (:func:`trajectory`, :func:`bptt_adjoint`, :func:`rbp
 
 Jacobians are per sample (`Jμ` is block-diagonal across the batch), so the linear solves are
 `vmap`ped over samples and cost `O(batch · n³)`. Use float64 (``jax.enable_x64``) for checks.
+
+Over 400 lines because the references share their fixed-point and per-sample Jacobian machinery;
+the clipped scheme's and the adjoint ODEs' are in clipped.py and adjoint.py.
 """
 
 import math
