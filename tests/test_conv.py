@@ -156,12 +156,14 @@ def test_rbp_equals_finite_differences(x64):
     assert jax.tree_util.tree_structure(exact) == jax.tree_util.tree_structure(params)
 
 
+@pytest.mark.slow
 def test_rbp_equals_finite_differences_without_pooling(x64):
     net, x, y = tiny(5, input_shape=(6, 6, 1), padding=0, pool=1, activation="tanh")
     s = G.fixed_point(net, x)
     assert G.relative_error(G.rbp(net, x, y, s_free=s), G.finite_difference(net, x, y, s_free=s)) <= 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["endpoint", "integrated"])
 def test_ep_tends_to_nu_at_order_beta(x64, rule):
     net, x, y = tiny(6, activation="smooth_hard_sigmoid")

@@ -68,9 +68,17 @@ def _examples():
 
 
 def _slow(command):
+    """The long examples, and (to keep the default suite within CI's time) all but the first of
+    each subcommand's; `-m slow` runs every one."""
     words = command.split()
-    return (len(words) < 2 or words[1] in ("check", "stability") or "mnist" in command or "studies/" in command
-            or " DIR" in command or "fashion" in command)
+    if (len(words) < 2 or words[1] in ("check", "stability") or "mnist" in command or "studies/" in command
+            or " DIR" in command or "fashion" in command):
+        return True
+    first = _FIRST.setdefault(words[1], command)
+    return first != command
+
+
+_FIRST: dict[str, str] = {}
 
 
 EXAMPLES = [pytest.param(c, w, id=c, marks=[pytest.mark.slow] if _slow(c) else [])

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # about 30 s: the study's quick mode
+
 SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "nu_comparison" / "compare.py"
 
 
