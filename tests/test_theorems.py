@@ -324,3 +324,13 @@ def test_check_nc_follows_the_cf_conventions(x64, tmp_path):
         assert "long_name" in ds[name].attrs, name
         if ds[name].dtype.kind == "f":
             assert "units" in ds[name].attrs, name
+
+
+def test_check_refuses_an_unwritable_out_before_working(tmp_path, capsys):
+    from ctgep._cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["check", "--out", str(blocker / "sub"), "--only", "rbp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a file, not a folder" in err and "\n" not in err

@@ -89,6 +89,9 @@ def run(args) -> int:
         unknown = sorted(set(only) - set(_checks.SECTIONS))
         if unknown:
             raise UsageError(f"--only: unknown section(s) {unknown}; choose from {', '.join(_checks.SECTIONS)}")
+    from .record import _writable_folder
+
+    _writable_folder(pathlib.Path(args.out))  # before minutes of work, not after
     start = time.perf_counter()
     log = None if args.quiet else (lambda m: print(f"[{time.perf_counter() - start:5.1f} s] {m}", file=sys.stderr, flush=True))
     with jax.enable_x64(True):
