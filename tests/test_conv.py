@@ -182,6 +182,7 @@ def test_ep_tends_to_nu_at_order_beta(x64, rule):
 
 @pytest.mark.parametrize("solver", [ctgep.Euler(dt=0.5), ctgep.Euler(dt=1.0, precondition=True, alternate=True), G.TIGHT],
                          ids=["euler", "gauss-seidel", "tsit5"])
+@pytest.mark.slow
 def test_every_solver_reaches_the_same_fixed_point(x64, solver):
     # The hard sigmoid's kinks stall an adaptive solver's error control near 1e-10: Tsit5 gets
     # the smooth hard sigmoid (no state bounds), the Euler schemes the paper's clipped one.

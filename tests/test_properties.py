@@ -97,6 +97,7 @@ def check_fixed_point_residual(problem):
 
 @given(problem=networks())
 @settings(PROFILE)
+@pytest.mark.slow
 def test_fixed_point_is_a_root(x64, problem):
     check_fixed_point_residual(problem)
 
@@ -131,6 +132,7 @@ def check_ep_order(problem):
 
 @given(problem=networks(("sigmoid", "tanh")))
 @settings(PROFILE)
+@pytest.mark.slow
 def test_ep_tends_to_nu_at_orders_one_and_two(x64, problem):
     check_ep_order(problem)
 

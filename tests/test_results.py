@@ -70,6 +70,7 @@ def test_every_run_directory_keeps_its_record():
 
 
 @pytest.mark.skipif(_mnist_dir() is None, reason="MNIST not found through $CTGEP_DATA_DIR")
+@pytest.mark.slow
 def test_the_training_speed_benchmark_runs_against_the_current_trainer():
     """The benchmark drives the trainer's internals; a smoke run keeps it in step with them."""
     import subprocess

@@ -223,6 +223,7 @@ def test_predicted_steps_edge_cases():
                                   [10.0, np.inf, 0.0, 1.0])
 
 
+@pytest.mark.slow
 def test_analyse_dataset_round_trips_through_netcdf(x64, tmp_path):
     net = ctgep.LayeredNetwork((5, 7, 3), "hard_sigmoid", key=jr.PRNGKey(0), dtype=jnp.float64)
     x = _x(6, 5)
@@ -247,6 +248,7 @@ def _cli(argv):
     return args.func(args)
 
 
+@pytest.mark.slow
 def test_cli_on_the_digits_card(tmp_path, capsys):
     out = tmp_path / "stab"
     assert _cli(["digits", "--samples", "8", "--inits", "2", "--descent-batches", "1", "--eigs", "3",

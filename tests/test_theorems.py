@@ -297,6 +297,7 @@ def test_check_proposition5_without_stable_samples_is_not_applicable(x64):
     assert rows[1].verdict == "PASS"
 
 
+@pytest.mark.slow
 def test_check_bptt_horizons_scale_with_the_slowest_eigenvalue(x64):
     net, x, y = _checks.slow_problem()
     report = _checks.run_checks(net, x, y, only=("bptt",))
@@ -305,6 +306,7 @@ def test_check_bptt_horizons_scale_with_the_slowest_eigenvalue(x64):
     assert float(report.data.horizon_values.max()) >= 25 / 0.06
 
 
+@pytest.mark.slow
 def test_check_criteria_are_tight_for_float64(x64):
     report = _checks.run_checks(*problem(9), only=("thm6", "rbp"))
     bounds = {r.check: float(r.criterion.split()[-1]) for r in report.rows}

@@ -386,6 +386,7 @@ def test_shift_epochs_train_the_last_epochs_on_plain_images():
     assert not all(np.array_equal(a, b) for a, b in zip(plain, shifted))
 
 
+@pytest.mark.slow
 def test_a_run_with_shift_epochs_switches_to_plain_images_after_them(tmp_path):
     """The trainer turns `augment` off at the epoch boundary: epoch 1 matches a run shifted
     throughout, epoch 2 does not."""
@@ -424,6 +425,7 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_resumed_or_restarted(sm
         assert not list((run.path / "checkpoints").glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_truncated_latest_sidecar_resumes_from_best(small_data, tmp_path):
     quiet = dict(progress=False, log=lambda *a: None, data=small_data)
     ref = ctgep.train("digits", tmp_path / "ref", overrides=SMALL, **quiet)
