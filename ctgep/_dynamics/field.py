@@ -43,6 +43,12 @@ def finite(state: State) -> Float[Array, " batch"]:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a), axis=-1) for a in state]), axis=0)
 
 
+def finite_or_zero(tree):
+    """`tree` with its NaN and ±inf entries replaced by 0: what a batched stop test, error norm
+    or held-still derivative reads, so that one non-finite sample does not stall the others."""
+    return jax.tree_util.tree_map(lambda a: jnp.where(jnp.isfinite(a), a, 0), tree)
+
+
 def synapse_vjp(params, static, state: State, x, cotangent: State):
     """`(∂μ/∂θ)ᵀ · cotangent` at `state`, averaged over the batch (shaped like `params`).
 

@@ -35,9 +35,13 @@ class Adaptive(AbstractPhaseSolver, strict=True):
     def relax(self, problem, s0, *, t_max, tol, stop, observer=None):
         synapses = problem.synapses
 
+        # The batch is one ODE, so one sample's NaN would stall the step controller (and the
+        # steady-state event) for all. Non-finite entries are held still and left out of the
+        # error norm and the event; their rows keep a non-finite residual and are flagged
+        # `nonfinite_state` per sample, as on the fixed-step path.
         def field(t, z, args):
             p = problem.weights(z)
-            mu = problem.field(p, z["s"])
+            mu = F.finite_or_zero(problem.field(p, z["s"]))
             out = {"s": mu}
             if synapses != "none":
                 g = problem.synapse_rate(p, z["s"], mu)
@@ -47,7 +51,7 @@ class Adaptive(AbstractPhaseSolver, strict=True):
             return out
 
         def settled(t, z, args, **kwargs):
-            return jnp.max(F.residual(problem.field(problem.weights(z), z["s"]))) < tol
+            return jnp.max(F.finite_or_zero(F.residual(problem.field(problem.weights(z), z["s"])))) < tol
 
         final = diffrax.SubSaveAt(t1=True)
         if observer is None:
@@ -70,7 +74,7 @@ class Adaptive(AbstractPhaseSolver, strict=True):
             dt0=self.dt0,
             y0=problem.initial(s0),
             saveat=saveat,
-            stepsize_controller=self.controller(norm=lambda z: optx.rms_norm(z["s"])),
+            stepsize_controller=self.controller(norm=lambda z: optx.rms_norm(F.finite_or_zero(z["s"]))),
             event=diffrax.Event(settled) if stop else None,
             max_steps=self.max_steps,
             throw=False,

@@ -154,9 +154,9 @@ class AbstractStepper(AbstractPhaseSolver):
         def body(carry):
             k, s, res, done, acc, p, log = carry
             mu = field(p, s)
-            if stop:
+            if stop:  # a non-finite sample (flagged at the end) does not hold the others
                 res = F.residual(mu)
-                done = jnp.max(res) < tol
+                done = jnp.max(F.finite_or_zero(res)) < tol
             if rec is not None:
                 log = rec.maybe_write(log, k, s, mu, acc)
             s_new, moves = self.step(problem, prepared, p, s, mu)
