@@ -20,15 +20,17 @@ from ._theory.stability import (
     jacobian_spectrum as jacobian_spectrum,
 )
 from ._theory.stability_analysis import (
+    PROBE_COLUMNS as PROBE_COLUMNS,
     analyse as analyse,
     basins as basins,
     descent as descent,
     load as load,
     plot as plot,
+    probe as probe,
     save as save,
     summary as summary,
 )
 
-__all__ = ["DENSE_MAX", "FixedPoints", "analyse", "basins", "convergence", "descent", "fixed_points",
-           "iteration_spectrum", "jacobian_spectrum", "load", "plot", "predicted_steps", "save",
+__all__ = ["DENSE_MAX", "FixedPoints", "PROBE_COLUMNS", "analyse", "basins", "convergence", "descent", "fixed_points",
+           "iteration_spectrum", "jacobian_spectrum", "load", "plot", "predicted_steps", "probe", "save",
            "summary", "unit_steps"]

@@ -44,6 +44,9 @@ def register(subparsers) -> None:
                    help="leading eigenvalues kept per example (default 6)")
     p.add_argument("--descent-batches", type=int, default=5, metavar="N",
                    help="batches (of the card's batch size) for the descent check, 0 to skip (default 5)")
+    p.add_argument("--descent-solver", choices=("gmres", "dense"), default="gmres",
+                   help="linear solves of the descent check: matrix-free GMRES over jvp/vjp (default) "
+                        "or a dense Jacobian and LU per sample (slow above a few hundred units)")
     p.add_argument("--tol", type=float, default=None,
                    help="steady-state tolerance on ‖μ‖∞ for the measured Euler steps (default: the card's)")
     p.add_argument("--out", default="ctgep-stability", metavar="DIR",
@@ -156,7 +159,8 @@ def run(args) -> int:
     y = jax.nn.one_hot(jnp.asarray(labels), card.model.sizes[-1], dtype=x.dtype)
     ds = S.analyse(net, x, y if args.descent_batches > 0 else None, solver=solver, inits=args.inits,
                    key=jr.PRNGKey(args.seed), n_eig=args.eigs, conv_tol=tol,
-                   descent_batch=card.training.batch_size, descent_batches=args.descent_batches, log=log)
+                   descent_batch=card.training.batch_size, descent_batches=args.descent_batches,
+                   descent_solver=args.descent_solver, log=log)
     ds.attrs.update({"source": str(args.source), "checkpoint": args.checkpoint, "seed": int(args.seed),
                      "dataset": card.data.dataset, "split": "test"})
     out.mkdir(exist_ok=True)

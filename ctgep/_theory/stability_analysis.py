@@ -12,13 +12,16 @@ import pathlib
 import platform
 import time
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import lineax as lx
 import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
+from .._dynamics import field as F
 from .._dynamics.networks import AbstractDynamics
 from .._simulation.euler import Euler
 from .._simulation.solver import AbstractStepper
@@ -29,12 +32,15 @@ from .stability import (
     RATE,
     _attrs,
     _check,
+    _flat_field,
     _flatten_batch,
+    _linear_solver,
+    _newton,
     fixed_points,
     jacobian_spectrum,
 )
 
-__all__ = ["analyse", "basins", "descent", "load", "plot", "save"]
+__all__ = ["PROBE_COLUMNS", "analyse", "basins", "descent", "load", "plot", "probe", "save"]
 
 
 def _random_states(net, x, inits, key, scale):
@@ -127,13 +133,73 @@ def _dot(a, b):
     return float(ravel_pytree(a)[0] @ ravel_pytree(b)[0])
 
 
+#: Relative accuracy of the matrix-free solves of the descent check (GMRES), per dtype.
+_GMRES_RTOL = {"float64": 1e-12, "float32": 1e-6}
+DESCENT_SOLVERS = ("gmres", "dense")
+
+
+@eqx.filter_jit
+def _matrix_free_rbp_nu(net, x, y, s, rtol, restart, max_steps):
+    """`(∇J, ν, residual)` for one batch without forming a Jacobian: per sample, GMRES solves
+    `Jμᵀ w = ∂C/∂s` (recurrent backprop) and `Jμ u = ∂C/∂s` (ν) over the field linearised once
+    at `s` (`jax.linearize`; its transpose for `Jμᵀ`), vmapped over the batch. `residual`: per
+    sample the larger relative residual `‖Jμ u − b‖∞/‖b‖∞` of the two solves."""
+    params, static = F.partition(net)
+    dc_ds = F.cost_gradient(net, s, y)
+    dj_dtheta = jax.grad(lambda p: jnp.mean(eqx.combine(p, static).cost(s, y)))(params)
+    zero = jnp.zeros((), x.dtype)
+    solver = lx.GMRES(rtol=rtol, atol=rtol, restart=restart, max_steps=max_steps)
+
+    def one(xi, si, ri):
+        f, flat = _flat_field(net, xi, None, zero, si)
+        rf, unravel = ravel_pytree(ri)
+        scale = jnp.max(jnp.abs(rf))
+        scale = jnp.where(scale > 0, scale, 1.0)
+        b = rf / scale  # ‖b‖∞ = 1, so that rtol and atol mean the same
+        op = lx.linearise(lx.JacobianLinearOperator(lambda v, _: f(v), flat))
+        u = lx.linear_solve(op, b, solver, throw=False).value
+        w = lx.linear_solve(op.T, b, solver, throw=False).value
+        res = jnp.maximum(jnp.max(jnp.abs(op.mv(u) - b)), jnp.max(jnp.abs(op.T.mv(w) - b)))
+        return unravel(u * scale), unravel(w * scale), res
+
+    u, w, res = jax.vmap(one)(x, s, dc_ds)
+    g_w = F.synapse_vjp(params, static, s, x, w)  # (1/B) Σ_i (∂μ/∂θ)ᵀ w_i
+    g_u = F.synapse_vjp(params, static, s, x, u)
+    grad = jax.tree_util.tree_map(lambda a, b: b - a, g_w, dj_dtheta)
+    nu = jax.tree_util.tree_map(lambda a, b: a - b, g_u, dj_dtheta)
+    return grad, nu, res
+
+
+def _rbp_nu(net, x, y, s, solver, polish):
+    """`(∇J, ν, worst relative residual of the linear solves; NaN for the dense solver)`."""
+    if solver == "dense":
+        return G.rbp(net, x, y, s_free=s), G.nu(net, x, y, s_free=s), np.nan
+    n = sum(a.shape[-1] for a in jax.tree_util.tree_leaves(s))
+    zero = jnp.zeros((), x.dtype)
+    if polish:
+        s = _newton(net, x, None, zero, s, 8, _linear_solver(n, x), 1e-13 if x.dtype == jnp.float64 else 1e-5)
+    rtol = _GMRES_RTOL.get(jnp.dtype(x.dtype).name, 1e-6)
+    g, v, res = _matrix_free_rbp_nu(net, x, y, s, rtol, min(60, n), 20 * n)
+    return g, v, float(jnp.max(res))
+
+
 def descent(net: AbstractDynamics, x, y, *, s=None, fp_ok=None, batch_size: int = 20,
-            max_batches: int | None = None) -> xr.Dataset:
+            max_batches: int | None = None, solver: str = "gmres", polish: bool = True) -> xr.Dataset:
     """Paper condition 2 per batch of `batch_size` samples: `∇J · ν` (negative: ν descends J),
-    the cosine and the angle between ν and `−∇J`, with `∇J` = :func:`ctgep.gradients.rbp` and
-    ν = :func:`ctgep.gradients.nu` at the free fixed points `s` (solved when None). Samples with
-    `fp_ok` false (no fixed point) are left out; `batch_start` indexes the kept samples."""
+    the cosine and the angle between ν and `−∇J`, with `∇J` by recurrent backprop and ν
+    (Theorem 1) at the free fixed points `s` (solved when None). Samples with `fp_ok` false (no
+    fixed point) are left out; `batch_start` indexes the kept samples.
+
+    `solver="gmres"` (default) is matrix-free: one GMRES solve with `Jμ` and one with `Jμᵀ` per
+    sample over the linearised field (jvp and its transpose), vmapped over the batch, to a
+    relative residual of 1e-12 (float64) or 1e-6 (float32), reported as `descent_residual`;
+    with `polish` the states are first Newton-polished (LU up to 1024 units, GMRES above).
+    `solver="dense"` uses :func:`ctgep.gradients.rbp` and :func:`ctgep.gradients.nu` (a dense
+    Jacobian and its LU per sample: `O(n³)`, minutes per batch at n ≈ 1000).
+    """
     _check(net, x, y, 0.0)
+    if solver not in DESCENT_SOLVERS:
+        raise ValueError(f"solver={solver!r} must be one of {DESCENT_SOLVERS}")
     if s is None:
         s = fixed_points(net, x).state
     elif hasattr(s, "state"):
@@ -148,13 +214,13 @@ def descent(net: AbstractDynamics, x, y, *, s=None, fp_ok=None, batch_size: int 
     starts = list(range(0, batch - batch_size + 1, batch_size)) or [0]
     if max_batches is not None:
         starts = starts[: int(max_batches)]
-    dots, cos, gn, nn = [], [], [], []
+    dots, cos, gn, nn, res = [], [], [], [], []
     for a in starts:
         sl = slice(a, a + batch_size)
         sb = jax.tree_util.tree_map(lambda u: u[sl], s)
-        g = G.rbp(net, x[sl], y[sl], s_free=sb)
-        v = G.nu(net, x[sl], y[sl], s_free=sb)
+        g, v, r = _rbp_nu(net, x[sl], y[sl], sb, solver, polish)
         dots.append(_dot(g, v))
+        res.append(r)
         gn.append(float(np.linalg.norm(ravel_pytree(g)[0])))
         nn.append(float(np.linalg.norm(ravel_pytree(v)[0])))
         cos.append(-dots[-1] / (gn[-1] * nn[-1]) if gn[-1] > 0 and nn[-1] > 0 else np.nan)
@@ -166,26 +232,63 @@ def descent(net: AbstractDynamics, x, y, *, s=None, fp_ok=None, batch_size: int 
             "descent_angle": ("batch", np.degrees(np.arccos(cos)), _attrs("angle between ν and −∇J", "degrees")),
             "grad_norm": ("batch", np.array(gn), _attrs("‖∇J‖ (recurrent backprop)", "1")),
             "nu_norm": ("batch", np.array(nn), _attrs("‖ν‖", "1")),
+            "descent_residual": ("batch", np.array(res, np.float64),
+                                 _attrs("largest relative residual ‖Jμ u − b‖∞/‖b‖∞ of the batch's GMRES solves (NaN: dense LU)", "1")),
             "batch_start": ("batch", np.array(starts), _attrs("first sample of the batch (among those with a fixed point)", "1")),
         },
         coords={"batch": np.arange(len(starts))},
-        attrs={"descent_batch_size": batch_size},
+        attrs={"descent_batch_size": batch_size, "descent_solver": solver},
     )
+
+
+#: The columns :func:`probe` returns (the metrics columns of `training.analyse_every`).
+PROBE_COLUMNS = ("probe_abscissa", "probe_asymmetry", "probe_descent_angle", "probe_fixed_points", "probe_time")
+
+
+def probe(net: AbstractDynamics, x, y, *, solver=None, t_max: float = 200.0, n_eig: int = 4) -> dict:
+    """A few numbers on the stability of `net` on the probe batch `(x, y)`, for monitoring
+    training (`training.analyse_every`): `probe_abscissa`, the **median** over the samples of the
+    spectral abscissa max Re λ(Jμ) at the free fixed point (1/τ); `probe_asymmetry`, the
+    **median** of `‖Jμ − Jμᵀ‖_F/‖Jμ‖_F`; `probe_descent_angle`, the angle (degrees) between ν
+    and `−∇J` of the whole probe batch (`J` its mean cost; one batch of :func:`descent`, matrix
+    free); `probe_fixed_points`, the fraction of samples with a fixed point (the others are left
+    out of the three above); `probe_time`, the seconds it took. `solver`: the relaxation of
+    :func:`~ctgep._theory.stability.fixed_points` (default ``Euler(dt=0.5)``).
+    """
+    _check(net, x, y, 0.0)
+    t0 = time.perf_counter()
+    fp = fixed_points(net, x, solver=solver, t_max=t_max)
+    ok = np.flatnonzero(np.asarray(fp.converged))
+    out = dict.fromkeys(PROBE_COLUMNS, float("nan"))
+    out["probe_fixed_points"] = len(ok) / x.shape[0]
+    if len(ok):
+        xs, ys = x[ok], y[ok]
+        s = jax.tree_util.tree_map(lambda a: a[ok], fp.state)
+        spec = jacobian_spectrum(net, xs, s, n_eig=n_eig, symmetric=False)
+        d = descent(net, xs, ys, s=s, batch_size=len(ok), max_batches=1, polish=False)
+        out.update(probe_abscissa=float(np.nanmedian(spec.spectral_abscissa.values)),
+                   probe_asymmetry=float(np.median(spec.asymmetry.values)),
+                   probe_descent_angle=float(d.descent_angle.values[0]))
+    out["probe_time"] = time.perf_counter() - t0
+    return out
 
 
 def analyse(net: AbstractDynamics, x, y=None, *, solver=None, inits: int = 8, key=None, n_eig: int = 6,
             method: str = "auto", tol: float | None = None, conv_tol: float = 1e-4, t_max: float = 200.0,
             cluster_tol: float = 1e-3, descent_batch: int = 20, descent_batches: int | None = None,
-            log=None) -> xr.Dataset:
+            descent_solver: str = "gmres", log=None) -> xr.Dataset:
     """The whole analysis of a network on inputs `x` (targets `y` for the descent check):
 
     fixed points from the default start (`fp_*`), the spectrum of `Jμ` there, the Euler
     iteration's spectral radius with predicted and measured steps (`solver`, a
     :class:`ctgep.Euler`, default ``Euler(dt=0.5)``), basins from `inits` initial states per
-    input (skipped when 0), and the descent check (when `y` is given). Timings of each part are
+    input (skipped when 0), and the descent check (when `y` is given; `descent_solver` as for
+    :func:`descent`, at the polished fixed points found first). Timings of each part are
     in the attributes (seconds of wall clock).
     """
     _check(net, x, y, 0.0)
+    if descent_solver not in DESCENT_SOLVERS:
+        raise ValueError(f"descent_solver={descent_solver!r} must be one of {DESCENT_SOLVERS}")
     solver = Euler(dt=0.5) if solver is None else get_solver(solver)
     if not isinstance(solver, AbstractStepper):
         raise ValueError(f"solver must be a fixed-step iteration such as ctgep.Euler (the iteration analysed), got {solver!r}")
@@ -219,7 +322,8 @@ def analyse(net: AbstractDynamics, x, y=None, *, solver=None, inits: int = 8, ke
                                                     tol=tol, cluster_tol=cluster_tol)))
     if y is not None:
         parts.append(timed("descent", lambda: descent(net, x, y, s=fp.state, fp_ok=fp.converged, batch_size=descent_batch,
-                                                      max_batches=descent_batches)))
+                                                      max_batches=descent_batches, solver=descent_solver,
+                                                      polish=False)))
     ds = xr.merge(parts, combine_attrs="no_conflicts")
     ds = ds.assign_coords(sample=np.arange(x.shape[0]))
     ds.sample.attrs.update(_attrs("input index", "1"))
