@@ -26,6 +26,7 @@ from .._dynamics.networks import AbstractDynamics, EnergyNetwork, LayeredNetwork
 from .._dynamics import field as F
 from .._simulation.phases import concrete_float, free_phase, nudged_phase, nudged_tolerance
 from .._simulation.results import PhaseResult
+from .homeostasis import homeostasis_gradient
 
 Rule = Literal["endpoint", "integrated", "continual"]
 Nudging = Literal["one-sided", "random", "centered"]
@@ -76,12 +77,17 @@ def ep_step(
     s_init=None,
     stop_at_steady_state: bool = True,
     policy="flag",
+    homeostasis: float = 0.0,
 ) -> EPStep:
     """Free phase (unless `free` is given), nudged phase(s) and the update of `rule`.
 
     `tol` is the accuracy asked of the update: both phases run until `‖μ^β‖_∞ < tol · min(1, β)`
     (see :func:`ctgep.nudged_phase`), and a β too small for the dtype to resolve is refused.
     The phases' per-sample result codes are in the returned `free` and `nudged` results.
+
+    `homeostasis` (λ ≥ 0, needs `key`): subtract `λ ∂P/∂θ` from the update, `P` the Jacobian
+    asymmetry penalty `‖Jμ ε − Jμᵀ ε‖²` at the free state with one random probe `ε` per sample
+    drawn from `fold_in(key, 2)` (:func:`ctgep.homeostasis_gradient`; Laborieux & Zenke 2024).
     """
     b = concrete_float(beta)
     if b is not None and not (b > 0 and math.isfinite(b)):
@@ -96,6 +102,11 @@ def ep_step(
                          "units lose their leak and never settle; use beta < 1 or 'one-sided'")
     if nudging == "random" and key is None:
         raise ValueError("nudging='random' needs a PRNG `key`")
+    lam = concrete_float(homeostasis)
+    if lam is not None and not (lam >= 0 and math.isfinite(lam)):
+        raise ValueError(f"homeostasis={homeostasis!r} must be ≥ 0")
+    if (lam is None or lam > 0) and key is None:
+        raise ValueError("homeostasis > 0 needs a PRNG `key` (for the probe vectors)")
     # s⁰ enters the update as (s^β − s⁰)/β too: resolve it as finely as the nudged phase.
     free_tol = nudged_tolerance(tol, beta)
     resolution = 10 * float(jnp.finfo(x.dtype).eps)
@@ -130,6 +141,9 @@ def ep_step(
             jax.tree_util.tree_map(lambda a, b: (a - b) / eta, F.partition(n.params)[0], params)
             for n in nudged
         ])
+    if lam is None or lam > 0:
+        h = homeostasis_gradient(net, x, free.state, key=jr.fold_in(key, 2))
+        update = jax.tree_util.tree_map(lambda u, g: u - homeostasis * g, update, h)
     return EPStep(update=update, free=free, nudged=nudged, betas=betas)
 
 
