@@ -125,7 +125,9 @@ def metrics_dataset(rows: list[dict]):
 
 def plot_metrics(rows: list[dict], path, title: str = "") -> None:
     """Training curves: error rates on a log axis (top), alignment cosines (middle) and traces
-    (bottom), titled with the run's name; whole epochs on the x axis, also for one epoch."""
+    (bottom), titled with the run's name; whole epochs on the x axis, also for one epoch. With the
+    probe columns of `training.analyse_every`, a fourth panel: the spectral abscissa and asymmetry
+    of Jμ and the descent angle at the analysed epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +135,8 @@ def plot_metrics(rows: list[dict], path, title: str = "") -> None:
     from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, PercentFormatter
 
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(3, 1, figsize=(6, 8), sharex=True)
+    probed = any("probe_abscissa" in r for r in rows)
+    fig, axes = plt.subplots(4 if probed else 3, 1, figsize=(6, 10.5 if probed else 8), sharex=True)
     errors = []
     for key, label in (("train_error", "training (online)"), ("val_error", "validation"), ("test_error", "test")):
         if rows and key in rows[0]:
@@ -160,13 +163,15 @@ def plot_metrics(rows: list[dict], path, title: str = "") -> None:
     axes[2].set_ylabel(r"$\mathrm{tr}(W^f_{l+1} W^b_l)$")
     if pairs:
         axes[1].legend(fontsize="small")
-    axes[2].set_xlabel("epoch")
+    if probed:
+        _plot_probe(axes[3], rows)
+    axes[-1].set_xlabel("epoch")
     last = max(epochs) if epochs else 1
     if last <= 10:
-        axes[2].set_xticks(range(1, last + 1))
+        axes[-1].set_xticks(range(1, last + 1))
     else:
-        axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[2].set_xlim(0.5, last + 0.5)  # one epoch: a point in the middle, not a degenerate axis
+        axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlim(0.5, last + 0.5)  # one epoch: a point in the middle, not a degenerate axis
     if title:
         axes[0].set_title(title)
     fig.tight_layout()
@@ -174,6 +179,27 @@ def plot_metrics(rows: list[dict], path, title: str = "") -> None:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     checkpoints.atomic_write(pathlib.Path(path), buf.getvalue())
+
+
+def _plot_probe(ax, rows) -> None:
+    """The stability probe at the analysed epochs: max Re λ(Jμ) and the asymmetry on the left
+    axis, the angle between ν and −∇J on the right."""
+    def series(key):
+        pts = [(r["epoch"], r.get(key, np.nan)) for r in rows]
+        pts = [(e, v) for e, v in pts if v is not None and np.isfinite(float(v))]
+        return [e for e, _ in pts], [float(v) for _, v in pts]
+
+    lines = []
+    for key, label, color in (("probe_abscissa", r"max Re $\lambda(J_\mu)$ [1/τ]", "C0"),
+                              ("probe_asymmetry", r"$\|J_\mu - J_\mu^\top\|_F / \|J_\mu\|_F$", "C1")):
+        lines += ax.plot(*series(key), marker="o", color=color, label=label)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_ylabel("probe batch (median)")
+    right = ax.twinx()
+    lines += right.plot(*series("probe_descent_angle"), marker="s", color="C2", label=r"angle($\nu$, $-\nabla J$)")
+    right.set_ylabel("degrees")
+    right.set_ylim(0, max(90.0, *(series("probe_descent_angle")[1] or [0.0])) * 1.05)
+    ax.legend(handles=lines, fontsize="small", loc="best")
 
 
 def unstarted(run_dir) -> bool:
