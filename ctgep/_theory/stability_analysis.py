@@ -4,7 +4,12 @@ The paper's §5 conditions for a *good parameter*: (1) from any initial state th
 to a fixed point — sampled here from `K` random initial states per input (:func:`basins`) — and
 (2) ν is a descent direction, `∇J · ν < 0` (:func:`descent`). :func:`analyse` runs these with the
 local analysis of :mod:`ctgep._theory.stability` and returns one `xarray.Dataset`;
-:func:`plot` draws it and :func:`save`/:func:`load` round-trip it through netCDF.
+:func:`plot` draws it and :func:`save`/:func:`load` round-trip it through netCDF. The descent
+check is matrix free (GMRES over `jax.jvp` / its transpose); :func:`probe` condenses the local
+analysis to the few numbers that training records (`training.analyse_every`).
+
+Over 400 lines because the basin sampling, the descent check, the training probe, the combined
+analysis and its table and figure share one dataset's conventions (names, units, attributes).
 """
 
 import datetime
