@@ -99,6 +99,9 @@ class Euler(AbstractStepper, strict=True):
             return (tuple(range(n_layers)),)
         return tuple(range(0, n_layers, 2)), tuple(range(1, n_layers, 2))
 
+    def move_layers(self, n_layers: int):
+        return self._groups(n_layers)
+
     def step(self, problem, steps, params, s, mu):
         """Each group of layers moves by `h · μ` in turn, μ re-evaluated on the state the
         previous group left (for the layered net a group's μ needs only the other group's

@@ -116,6 +116,15 @@ class AbstractStepper(AbstractPhaseSolver):
         """One step from `s`, where `mu = field(s)`. Returns `(s_next, moves)`, `moves` a list of
         `(state, ds)` whose synapse terms `(∂μ/∂θ)ᵀ(state) ds` sum to the step's increment."""
 
+    def move_layers(self, n_layers: int) -> tuple[tuple[int, ...], ...] | None:
+        """For each move of a step, the layers whose `ds` can be non-zero (None: all of them).
+
+        The stored integrated rule then pulls back only those layers' μ for that move: exact,
+        since the other layers' terms have `ds = 0`, and half the products for a stepper that
+        moves half the layers at a time.
+        """
+        return None
+
     @property
     def time_resolution(self):
         return float(self.dt)
@@ -191,7 +200,7 @@ class AbstractStepper(AbstractPhaseSolver):
             carry = jax.lax.fori_loop(0, n_steps, lambda _, c: body(c), carry)
         k, s, res, done, acc, p, log = carry
         if store:
-            acc = _trajectory_synapses(problem, *acc)
+            acc = _trajectory_synapses(problem, *acc, n_moves=n_moves, groups=self.move_layers(len(s0)))
         if rec is None:
             # The residual at the final state: known already when the phase stopped on it.
             residual = jax.lax.cond(done, lambda: res, lambda: F.residual(field(p, s)))
@@ -218,24 +227,35 @@ def _store_fits(s0, n_moves: int) -> bool:
     return 0 < 2 * n_moves * size <= _STORE_LIMIT_BYTES
 
 
-def _trajectory_synapses(problem: PhaseProblem, states, increments):
-    """`Σ_k (∂μ/∂θ)ᵀ(u_k) ds_k` over stored moves (leading axis k), batch mean, as ONE VJP.
+def _trajectory_synapses(problem: PhaseProblem, states, increments, *, n_moves: int = 1, groups=None):
+    """`Σ_k (∂μ/∂θ)ᵀ(u_k) ds_k` over stored moves (leading axis k), batch mean, as one VJP
+    per kind of move.
 
     `vmap` over the moves with the weights and the input's drive shared, so the transpose sums
     over moves and batch in single products, and the drive (the input layer's `Wf₁ρ(x)`) is
-    pulled back once from the summed cotangent instead of once per step. Under `jit` the
-    forward values the VJP does not need are dropped.
+    pulled back once from the summed cotangent instead of once per step. Move `i` of each step
+    (slots `i, i + n_moves, …`) pulls back only the μ of its layers `groups[i]` (all layers
+    when `groups` is None). Under `jit` the values the VJP does not need are dropped.
     """
+    if groups is None:
+        groups = (tuple(range(len(states[0]))),) * n_moves
+        n_moves = 1 if len(set(groups)) == 1 else n_moves
+        groups = groups[:n_moves]
+    assert len(groups) == n_moves, (groups, n_moves)
 
-    def along(params):
+    def along(params, us, layers):
         net = problem.network(params)
         drive = net.drive(problem.x)
-        return jax.vmap(lambda u: net.vector_field(u, drive))(states)
+        return jax.vmap(lambda u: tuple(net.vector_field(u, drive)[l] for l in layers))(us)
 
-    _, vjp = jax.vjp(along, problem.params)
-    (g,) = vjp(increments)
+    total = None
+    for i, layers in enumerate(groups):
+        us = tuple(a[i::n_moves] for a in states)
+        _, vjp = jax.vjp(lambda p: along(p, us, layers), problem.params)
+        (g,) = vjp(tuple(increments[l][i::n_moves] for l in layers))
+        total = g if total is None else jax.tree_util.tree_map(jnp.add, total, g)
     batch = problem.x.shape[0]
-    return jax.tree_util.tree_map(lambda a: a / batch, g)
+    return jax.tree_util.tree_map(lambda a: a / batch, total)
 
 
 class _Recorder:
