@@ -48,6 +48,9 @@ GAUSS_SEIDEL = ["phases.dt=1.0", "phases.precondition=true", "phases.alternate=t
                 "phases.t_nudged=5"]
 # The shifted-images runs: 20 free steps, predictions after 60, images shifted, 100 epochs.
 SHIFTED = GAUSS_SEIDEL + ["phases.t_free=20", "phases.t_eval=60", "data.shift=1", "training.epochs=100"]
+# The rules compared (issue 21): centered β 0.5, lower rates, predictions after 60 steps, 40 epochs.
+CENTERED = GAUSS_SEIDEL + ["phases.t_eval=60", "learning.nudging=centered", "learning.beta=0.5",
+                           "learning.learning_rates=[0.1,0.05,0.04]", "training.epochs=40"]
 
 
 @pytest.mark.parametrize("card, overrides, run", [
@@ -76,6 +79,8 @@ SHIFTED = GAUSS_SEIDEL + ["phases.t_free=20", "phases.t_eval=60", "data.shift=1"
      "784-512-512-512-10_jacobi"),
     ("mnist_784-512-512-10.toml", GAUSS_SEIDEL, "784-512-512-10_gauss_seidel"),
     ("mnist_784-512-512-10.toml", GAUSS_SEIDEL + ["training.seed=1"], "784-512-512-10_gauss_seidel_seed1"),
+    ("mnist_784-512-512-10.toml", CENTERED + ["learning.rule=integrated"], "784-512-512-10_integrated_centered"),
+    ("mnist_784-512-512-10.toml", CENTERED + ["training.seed=1"], "784-512-512-10_endpoint_centered_seed1"),
     ("mnist_784-512-512-10.toml", SHIFTED, "784-512-512-10_gauss_seidel_shift1"),
     ("mnist_784-512-512-10.toml", SHIFTED + ["training.seed=1"], "784-512-512-10_gauss_seidel_shift1_seed1"),
     ("mnist_784-512-512-10.toml", SHIFTED + ["data.shift_epochs=70"], "784-512-512-10_gauss_seidel_shift1_plain30"),

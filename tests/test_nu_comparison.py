@@ -43,7 +43,7 @@ def test_quick_mode_writes_dataset(compare, tmp_path):
     assert np.all((ds.small_orbit_antisym.values >= 0) & (ds.small_orbit_antisym.values <= 1 + 1e-12))
     assert ds.attrs["command"].startswith("python studies/nu_comparison/compare.py")
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "## Training on MNIST" in text and "784-512-512-10_integrated_gauss_seidel_centered" in text
+    assert "## Training on MNIST" in text and "<!-- mnist-training -->" in text
     assert (tmp_path / "fig_beta.png").exists() and (tmp_path / "fig_orbit.png").exists()
     # Parts run separately are merged with --combine FILE:PREFIX, attributes kept.
     out = tmp_path / "combined"

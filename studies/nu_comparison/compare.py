@@ -778,9 +778,9 @@ def table(da, rows, cols, fmt="{:.3g}"):
 def report(ds, out, figs, elapsed):
     path = out / "RESULTS.md"
     notes = "\n_(findings: written by hand, kept between the markers on regeneration)_\n"
-    mnist_training = ("\nThe run `studies/nu_comparison/784-512-512-10_integrated_gauss_seidel_centered` is being "
-                      "trained and will be compared with `studies/mnist/784-512-512-10_gauss_seidel` (endpoint, "
-                      "one-sided, same relaxation); the lead engineer fills in the numbers.\n")
+    mnist_training = ("\nNo training runs compared yet: train the two rules with the same card "
+                      "and settings (`ctgep train … --set learning.rule=…`) and write their errors here; "
+                      "this block is kept when the report is regenerated.\n")
     if path.exists():
         old = path.read_text()
         m = re.search(r"<!-- notes -->(.*?)<!-- /notes -->", old, re.S)
