@@ -36,12 +36,16 @@ class Adaptive(AbstractPhaseSolver, strict=True):
         synapses = problem.synapses
 
         # The batch is one ODE, so one sample's NaN would stall the step controller (and the
-        # steady-state event) for all. Non-finite entries are held still and left out of the
-        # error norm and the event; their rows keep a non-finite residual and are flagged
-        # `nonfinite_state` per sample, as on the fixed-step path.
+        # steady-state event) for all. With an explicit solver non-finite entries are held still
+        # and left out of the error norm and the event; their rows keep a non-finite residual
+        # and are flagged `nonfinite_state` per sample, as on the fixed-step path. Implicit
+        # solvers hand the norm to their root finder, where a NaN must still mean "diverged".
+        explicit = not isinstance(self.solver, diffrax.AbstractImplicitSolver)
+        mask = F.finite_or_zero if explicit else (lambda a: a)
+
         def field(t, z, args):
             p = problem.weights(z)
-            mu = F.finite_or_zero(problem.field(p, z["s"]))
+            mu = mask(problem.field(p, z["s"]))
             out = {"s": mu}
             if synapses != "none":
                 g = problem.synapse_rate(p, z["s"], mu)
@@ -51,7 +55,7 @@ class Adaptive(AbstractPhaseSolver, strict=True):
             return out
 
         def settled(t, z, args, **kwargs):
-            return jnp.max(F.finite_or_zero(F.residual(problem.field(problem.weights(z), z["s"])))) < tol
+            return jnp.max(mask(F.residual(problem.field(problem.weights(z), z["s"])))) < tol
 
         final = diffrax.SubSaveAt(t1=True)
         if observer is None:
@@ -74,7 +78,7 @@ class Adaptive(AbstractPhaseSolver, strict=True):
             dt0=self.dt0,
             y0=problem.initial(s0),
             saveat=saveat,
-            stepsize_controller=self.controller(norm=lambda z: optx.rms_norm(F.finite_or_zero(z["s"]))),
+            stepsize_controller=self.controller(norm=lambda z: optx.rms_norm(mask(z["s"]))),
             event=diffrax.Event(settled) if stop else None,
             max_steps=self.max_steps,
             throw=False,
@@ -88,3 +92,4 @@ class Adaptive(AbstractPhaseSolver, strict=True):
         if observer is not None:
             record_ts, records = sol.ts[1], sol.ys[1]
         return Relaxation(z, sol.ts[0][-1], sol.stats["num_steps"], status, residual, record_ts, records)
+

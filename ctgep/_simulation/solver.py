@@ -238,7 +238,7 @@ def _trajectory_synapses(problem: PhaseProblem, states, increments, *, n_moves: 
     when `groups` is None). Under `jit` the values the VJP does not need are dropped.
     """
     if groups is None:
-        groups = (tuple(range(len(states[0]))),) * n_moves
+        groups = (tuple(range(len(states))),) * n_moves
         n_moves = 1 if len(set(groups)) == 1 else n_moves
         groups = groups[:n_moves]
     assert len(groups) == n_moves, (groups, n_moves)
