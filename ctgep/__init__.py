@@ -39,6 +39,8 @@ _LAZY = {
     "endpoint_update": "._learning.rules",
     "ep_step": "._learning.rules",
     "ep_update": "._learning.rules",
+    "asymmetry_penalty": "._learning.homeostasis",
+    "homeostasis_gradient": "._learning.homeostasis",
     "Adaptive": "._simulation.adaptive",
     "Euler": "._simulation.euler",
     "AbstractPhaseSolver": "._simulation.solver",
@@ -70,6 +72,7 @@ _LAZY = {
     "load_card_data": "._experiment.loop",
     "resume": "._experiment.loop",
     "train": "._experiment.loop",
+    "initialize_distributed": "._experiment.parallel",
 }
 # public submodules, imported on first use
 _SUBMODULES = ("field", "gradients", "stability")

@@ -103,7 +103,11 @@ def test_jacobian_eigenvalues_match_jacfwd_and_arpack_matches_dense(x64):
     np.testing.assert_allclose(arnoldi.spectral_abscissa, dense.spectral_abscissa, atol=1e-8)
     np.testing.assert_allclose(arnoldi.symmetric_max, dense.symmetric_max, atol=1e-8)
     np.testing.assert_allclose(arnoldi.eig_real, dense.eig_real, atol=1e-7)
-    np.testing.assert_allclose(np.abs(arnoldi.eig_imag), np.abs(dense.eig_imag), atol=1e-7)
+    # At the cut-off (the smallest real part kept) two conjugate pairs can share a real part;
+    # ARPACK and LAPACK may then keep different ones, so |Im λ| is compared above the cut-off.
+    cut = np.asarray(dense.eig_real).min(axis=1, keepdims=True)
+    above = np.asarray(dense.eig_real) > cut + 1e-6
+    np.testing.assert_allclose(np.abs(arnoldi.eig_imag.values)[above], np.abs(dense.eig_imag.values)[above], atol=1e-7)
     assert arnoldi.attrs["spectrum_method"] == "arnoldi" and np.all(arnoldi.eig_converged)
     assert np.all(np.isnan(arnoldi.condition_number))
 

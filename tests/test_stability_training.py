@@ -77,6 +77,7 @@ def test_homeostasis_gradient_is_the_gradient_of_the_penalty(x64):
     assert est == pytest.approx(exact, rel=0.05)
 
 
+@pytest.mark.slow
 def test_homeostasis_vanishes_on_a_symmetric_jacobian(x64):
     # The tied-weight EnergyNetwork's Jμ is a Hessian, symmetric at every state (not only at s⁰).
     net = ctgep.EnergyNetwork((3, 5, 2), "sigmoid", key=jr.PRNGKey(0), dtype=jnp.float64)

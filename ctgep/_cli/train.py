@@ -30,6 +30,25 @@ def _common_data(p):
                         "/usr/share/datasets), ~/.cache/ctgep/<dataset>")
 
 
+def _common_parallel(p):
+    p.add_argument("--devices", metavar="all|N", default=None,
+                   help="split each minibatch over N devices, or all of them (overrides "
+                        "training.devices; default: the card's, 1)")
+    g = p.add_argument_group("several processes (hosts); default: $JAX_COORDINATOR_ADDRESS, "
+                             "$JAX_NUM_PROCESSES, $JAX_PROCESS_ID or the cluster's (SLURM, Open MPI)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="address of process 0, which coordinates the run and alone writes RUN_DIR")
+    g.add_argument("--num-processes", type=int, default=None, metavar="N", help="number of processes")
+    g.add_argument("--process-id", type=int, default=None, metavar="I", help="this process's id, 0 … N-1")
+
+
+def _start_processes(args) -> None:
+    """Join a multi-process run when asked to (before any other JAX work)."""
+    from .._experiment.parallel import initialize_distributed
+
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+
+
 def _common_progress(p):
     p.add_argument("--quiet", "-q", action="store_true",
                    help="no progress bars (one line per epoch is still printed)")
@@ -56,6 +75,7 @@ def register(subparsers) -> None:
                    help="run directory to create (must not exist or be empty); "
                         "default: runs/<card name>-<date>-<time>")
     _common_progress(p)
+    _common_parallel(p)
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser(
@@ -67,6 +87,7 @@ def register(subparsers) -> None:
                    help="total number of epochs to reach (default: the card's)")
     _common_data(p)
     _common_progress(p)
+    _common_parallel(p)
     p.set_defaults(func=_resume)
 
     p = subparsers.add_parser(
@@ -92,7 +113,9 @@ def _train(args) -> int:
     # The card first (no JAX needed): a bad card or override is reported at once.
     from .._experiment.cards import load_card
 
-    card = load_card(args.card, args.overrides)
+    devices = [] if args.devices is None else [f"training.devices={args.devices}"]
+    card = load_card(args.card, [*args.overrides, *devices])
+    _start_processes(args)
     from .._experiment.loop import train
 
     _report(train(card, args.out, epochs=args.epochs, data_dir=args.data_dir,
@@ -101,13 +124,19 @@ def _train(args) -> int:
 
 
 def _resume(args) -> int:
+    _start_processes(args)
     from .._experiment.loop import resume
 
-    _report(resume(args.run_dir, epochs=args.epochs, data_dir=args.data_dir, progress=not args.quiet))
+    _report(resume(args.run_dir, epochs=args.epochs, devices=args.devices, data_dir=args.data_dir,
+                   progress=not args.quiet))
     return 0
 
 
 def _report(run) -> None:
+    from .._experiment.parallel import is_writer
+
+    if not is_writer():  # process 0 of a multi-process run reports for all of them
+        return
     best = run.summary.get("best") or {}
     final = run.summary.get("final") or {}
     if final:

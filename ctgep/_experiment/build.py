@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from .._dynamics.conv import ConvNetwork
 from .._dynamics.networks import LayeredNetwork
@@ -26,6 +27,7 @@ from .._simulation.phases import free_phase
 from .._simulation.results import RESULTS
 from .._simulation.solvers import Euler, get_solver
 from .augment import shift_images
+from . import parallel
 from .cards import Card
 
 __all__ = ["TrainingStep", "build_network", "build_optimizer", "build_solver", "build_training_step",
@@ -134,7 +136,7 @@ def _step_config(card: Card, steps_per_epoch: int) -> str:
     """Everything the compiled steps depend on: equal strings, interchangeable steps."""
     t = card.training
     return json.dumps([dataclasses.asdict(card.model), dataclasses.asdict(card.phases),
-                       dataclasses.asdict(card.learning), t.batch_size, card.data.shift, steps_per_epoch,
+                       dataclasses.asdict(card.learning), t.batch_size, t.devices, card.data.shift, steps_per_epoch,
                        t.epochs if card.learning.schedule != "constant" else None])
 
 
@@ -148,6 +150,8 @@ class TrainingStep:
     figures to `stats` (see :meth:`zero_stats`). `s_rows` are the warm-start states of the
     minibatch (`free_rows` their update, else None); `augment` switches `data.shift` off without
     a recompile. `evaluate(net, x, labels, mask)` counts the masked errors of one batch.
+    With `mesh` (`training.devices` > 1) `train` splits the minibatch over its devices and takes
+    `x_all`, `y_all` as host (NumPy) arrays; see :mod:`ctgep._experiment.parallel`.
     """
 
     card: Card
@@ -156,6 +160,8 @@ class TrainingStep:
     train: Callable
     evaluate: Callable
     config: str
+    # The devices the minibatch is split over (training.devices); None: one device, no sharding.
+    mesh: jax.sharding.Mesh | None = None
 
     def fits(self, card: Card, steps_per_epoch: int) -> bool:
         """Whether this step computes what `card`'s would (same model, phases, learning ...)."""
@@ -195,18 +201,16 @@ def build_training_step(card: Card, steps_per_epoch: int = 1, *, solver=None) ->
     bs = card.training.batch_size
     shift = int(card.data.shift)
 
-    def train_step(net, opt_state, accum, x_all, y_all, perm, batch, step, key, beta, s_rows=None,
-                   augment=True):
-        idx = jax.lax.dynamic_slice_in_dim(perm, batch * bs, bs)
-        x, labels = x_all[idx], y_all[idx]
-        step_key = jr.fold_in(key, step)
+    def train_on(net, opt_state, accum, x, labels, step_key, beta, s_rows, augment):
+        # One minibatch `x` (the global one when it is sharded over devices).
         if shift:  # `augment` (traced) turns the shift off in the last epochs without a recompile
             x = jnp.where(augment, shift_images(jr.fold_in(step_key, 1), x, shift), x)
         y = jax.nn.one_hot(labels, n_out, dtype=x.dtype)
         s_init = None if s_rows is None else _unflatten_state(s_rows, card.model.sizes)
         r = ep_step(net, x, y, beta=beta, rule=l.rule, nudging=l.nudging, key=step_key,
                     t_free=float(p.t_free), t_nudged=float(p.t_nudged), s_init=s_init,
-                    eta=float(l.eta) if l.rule == "continual" else None, policy="flag", **common)
+                    eta=float(l.eta) if l.rule == "continual" else None, policy="flag",
+                    homeostasis=float(l.homeostasis), **common)
         free_rows = None if s_rows is None else jnp.concatenate(r.free.state, axis=-1)
         grads = as_gradient(r.update)
         updates, opt_state = optimizer.update(grads, opt_state, trainable(net))
@@ -233,12 +237,19 @@ def build_training_step(card: Card, steps_per_epoch: int = 1, *, solver=None) ->
         accum = {k: accum[k] + stats[k] for k in accum}
         return new, opt_state, accum, free_rows
 
+    def train_step(net, opt_state, accum, x_all, y_all, perm, batch, step, key, beta, s_rows=None,
+                   augment=True):
+        idx = jax.lax.dynamic_slice_in_dim(perm, batch * bs, bs)
+        return train_on(net, opt_state, accum, x_all[idx], y_all[idx], jr.fold_in(key, step), beta,
+                        s_rows, augment)
+
     # No argument is donated. Donating the parameters and optimiser state (updating them in
     # place) made the step 1.5x slower on both cores of the 2-core Xeon, 0.88 against 0.58 ms
     # per example (studies/benchmarks/training_speed.py), with seven times as many context
     # switches: apparently the host thread then waits for the previous step's buffers and the
     # relaxation's products lose a core. Hence also the host-side particle store (the loop's).
-    train_step = jax.jit(train_step)
+    mesh = parallel.data_mesh(card.training.devices, bs)
+    train_step = jax.jit(train_step) if mesh is None else _sharded_train_step(train_on, mesh, bs)
 
     @eqx.filter_jit
     def eval_step(net, x, labels, mask):
@@ -247,7 +258,43 @@ def build_training_step(card: Card, steps_per_epoch: int = 1, *, solver=None) ->
         return jnp.sum((pred != labels) & mask)
 
     return TrainingStep(card, int(steps_per_epoch), optimizer, train_step, eval_step,
-                        _step_config(card, steps_per_epoch))
+                        _step_config(card, steps_per_epoch), mesh)
+
+
+def _sharded_train_step(train_on, mesh, bs: int) -> Callable:
+    """The train step with the minibatch split over `mesh` (see :mod:`.parallel`), called like
+    the single-device one but with host (NumPy) training data: each process gathers only its
+    devices' rows of the minibatch. Parameters, optimiser state and statistics come back
+    replicated; the minibatch's new free states too, so that every process keeps the whole
+    particle store (any example may fall to any process in the next epoch's order)."""
+    rep = NamedSharding(mesh, PartitionSpec())
+    rows_on = NamedSharding(mesh, PartitionSpec(parallel.AXIS))
+
+    def sharded(net, opt_state, accum, x, labels, key_data, step, beta, s_rows, augment):
+        x = jax.lax.with_sharding_constraint(x, rows_on)
+        return train_on(net, opt_state, accum, x, labels, jr.fold_in(jr.wrap_key_data(key_data), step),
+                        beta, s_rows, augment)
+
+    sharded = jax.jit(sharded, out_shardings=rep)
+    host = {}  # the last permutation, key, β and augment flag, put on the devices once
+
+    def train_step(net, opt_state, accum, x_all, y_all, perm, batch, step, key, beta, s_rows=None,
+                   augment=True):
+        if host.get("perm") is not perm:
+            host.update(perm=perm, order=np.asarray(perm))
+        if host.get("key") is not key:
+            host.update(key=key, key_data=parallel.replicate(np.asarray(jr.key_data(key)), mesh))
+        if host.get("flags") != (float(beta), bool(augment)):
+            host.update(flags=(float(beta), bool(augment)),
+                        flag_arrays=parallel.replicate((np.float32(beta), np.bool_(augment)), mesh))
+        rows = host["order"][int(batch) * bs:(int(batch) + 1) * bs]
+        x, labels = parallel.shard_rows(x_all, rows, mesh), parallel.shard_rows(y_all, rows, mesh)
+        s = None if s_rows is None else parallel.shard_rows(np.asarray(s_rows), None, mesh)
+        net, opt_state, accum, step = parallel.replicate((net, opt_state, accum, np.int32(step)), mesh)
+        beta, augment = host["flag_arrays"]
+        return sharded(net, opt_state, accum, x, labels, host["key_data"], step, beta, s, augment)
+
+    return train_step
 
 
 def _unflatten_state(rows, sizes):

@@ -108,6 +108,9 @@ class LearningSection:
     # L2 on the weights Wf, Wb (not b): the optimiser is fed −ΔW + weight_decay · W, so with sgd
     # each step also shrinks W by α_l · weight_decay · W.
     weight_decay: float = 0.0
+    # Jacobian homeostasis (Laborieux & Zenke 2024): subtract λ ∂P/∂θ from the EP update, P the
+    # asymmetry ‖Jμ ε − Jμᵀ ε‖² at the free state with a random probe ε per example (0: off).
+    homeostasis: float = 0.0
 
 
 @dataclasses.dataclass
@@ -120,6 +123,14 @@ class TrainingSection:
     eval_batch_size: int = 500
     checkpoint_every: int = 0  # also checkpoint every N batches within an epoch (0: per epoch)
     progress_every: int = 10  # refresh the progress bar every N batches
+    # Stability through training: every N epochs (and after the first; 0: never) measure on the
+    # first `analyse_samples` test examples the spectral abscissa and asymmetry of Jμ at the
+    # free fixed point and the angle between ν and −∇J (ctgep.stability.probe): metrics columns.
+    analyse_every: int = 0
+    analyse_samples: int = 64
+    # Data parallelism: split each minibatch over this many devices ("all": every device of every
+    # process), the parameters replicated; "1" (the default) is the single-device step.
+    devices: str = "1"
 
 
 @dataclasses.dataclass
@@ -318,6 +329,8 @@ def validate(card: Card) -> None:
         raise CardError(f"phases.t_eval={p.t_eval!r} must be ≥ 0 (0: the same as phases.t_free)")
     if not (math.isfinite(l.weight_decay) and l.weight_decay >= 0):
         raise CardError(f"learning.weight_decay={l.weight_decay!r} must be ≥ 0")
+    if not (math.isfinite(l.homeostasis) and l.homeostasis >= 0):
+        raise CardError(f"learning.homeostasis={l.homeostasis!r} must be ≥ 0 (0: off)")
     if l.rule == "continual":
         _positive(l.eta, "learning.eta")
     if l.optimizer not in OPTIMIZERS:
@@ -341,6 +354,11 @@ def validate(card: Card) -> None:
             raise CardError(f"training.{key}={getattr(t, key)!r} must be ≥ 1")
     if t.checkpoint_every < 0:
         raise CardError(f"training.checkpoint_every={t.checkpoint_every!r} must be ≥ 0")
+    if t.analyse_every < 0:
+        raise CardError(f"training.analyse_every={t.analyse_every!r} must be ≥ 0 (0: off)")
+    if t.analyse_samples < 1:
+        raise CardError(f"training.analyse_samples={t.analyse_samples!r} must be ≥ 1")
+    _validate_devices(t)
     ds = _ALIASES.get(d.dataset.lower(), d.dataset.lower())
     if ds not in DATASETS:
         raise CardError(f"data.dataset={d.dataset!r} is unknown; choose one of {list(DATASETS)}")
@@ -355,6 +373,18 @@ def validate(card: Card) -> None:
     if d.shift_epochs < 0 or (d.shift_epochs and not d.shift):
         raise CardError(f"data.shift_epochs={d.shift_epochs!r} must be ≥ 0 (0: every epoch), and needs "
                         "data.shift > 0")
+
+
+def _validate_devices(t: TrainingSection) -> None:
+    """`training.devices`: "all" or a whole number ≥ 1 that divides the batch size (the count
+    behind "all" is checked when the step is built, where the devices are known)."""
+    if t.devices == "all":
+        return
+    if not t.devices.isdigit() or int(t.devices) < 1:
+        raise CardError(f"training.devices={t.devices!r} must be 'all' or a whole number ≥ 1")
+    if t.batch_size % int(t.devices):
+        raise CardError(f"training.batch_size={t.batch_size} is not a multiple of training.devices="
+                        f"{t.devices}; every device takes an equal share of the minibatch")
 
 
 MODEL_KINDS = ("layered", "conv")

@@ -17,6 +17,7 @@ checkpoints, the run directory and progress are in their own modules.
 """
 
 import dataclasses
+import json
 import math
 import pathlib
 import time
@@ -29,7 +30,8 @@ import numpy as np
 
 from .._errors import CardError, RunDirError, TrainingError, UsageError
 from .._observation.alignment import alignment
-from . import checkpoints, rundir
+from .analysis import probe_row
+from . import checkpoints, parallel, rundir
 from .build import (ACTIVE, CAUSE_STATS, STATS, TrainingStep, build_network, build_training_step, error_rate,
                     permutation, run_keys, silent_outputs, zero_stats)
 from .cards import Card, load_card
@@ -120,8 +122,12 @@ class Trainer:
             raise UsageError("step was built for another card or number of minibatches per epoch; "
                              "build it with ctgep.build_training_step(card, len(y_train) // batch_size)")
         self.step = step
-        self.x = jnp.asarray(data.x_train, jnp.float32)
-        self.y = jnp.asarray(data.y_train, jnp.int32)
+        # On the device for the single-device step; on the host for a sharded one, whose
+        # processes each put only their rows of a minibatch on their devices.
+        as_array = jnp.asarray if step.mesh is None else np.asarray
+        self.x = as_array(data.x_train, jnp.float32)
+        self.y = as_array(data.y_train, jnp.int32)
+        self.writer = parallel.is_writer()  # only process 0 of a multi-process run writes files
         self.last_plot = -math.inf
         self.beta = np.float32(card.learning.beta)
         self.best = self.latest = None  # (net, sidecar) of the checkpoints written by this object
@@ -163,7 +169,11 @@ class Trainer:
                 "history": history, "best": best}
 
     def save(self, tag, net, opt_state, meta, particles=None):
-        meta = checkpoints.save(self.ckpt, tag, net, opt_state, meta, particles)
+        net, opt_state = parallel.local((net, opt_state))  # a sharded run's checkpoints are the same
+        if self.writer:
+            meta = checkpoints.save(self.ckpt, tag, net, opt_state, meta, particles)
+        else:
+            meta = json.loads(json.dumps(meta))
         setattr(self, tag, (net, meta))
 
     def result(self) -> Run:
@@ -246,21 +256,23 @@ class Trainer:
                 if is_best:
                     self.save("best", net, opt_state, meta)
                 self.save("latest", net, opt_state, meta, particles)
-                rundir.write_metrics(self.dir / "metrics.csv", history)
-                self.summary = rundir.write_summary(self.dir, self.card, self.data, history, best,
-                                                    "running" if epoch < t.epochs else "finished")
-                if epoch == t.epochs or time.perf_counter() - self.last_plot > 30:
+                if self.writer:
+                    rundir.write_metrics(self.dir / "metrics.csv", history)
+                    self.summary = rundir.write_summary(self.dir, self.card, self.data, history, best,
+                                                        "running" if epoch < t.epochs else "finished")
+                if self.writer and (epoch == t.epochs or time.perf_counter() - self.last_plot > 30):
                     rundir.plot_metrics(history, self.dir / "training.png",
                                         title=f"{self.card.name}: {self.dir.resolve().name}")
                     self.last_plot = time.perf_counter()
                 hooks.epoch_end(row, silent)
         finally:
             hooks.close()
-        if not history:
+        if not history and self.writer:
             self.summary = rundir.write_summary(self.dir, self.card, self.data, history, best, "finished")
         return net, history
 
     def _epoch_row(self, net, epoch, stats, wall):
+        net = parallel.local(net)  # evaluated on one device of this process
         a = {k: float(stats[k]) for k in STATS}
         n, nb = max(a["examples"], 1.0), max(a["batches"], 1.0)
         row = {"epoch": epoch + 1, "train_error": a["errors"] / n, "train_cost": a["cost"] / n}
@@ -275,6 +287,7 @@ class Trainer:
                    silent_outputs=len(silent_outputs(stats)),
                    wall_time=wall, examples_per_s=n / max(wall, 1e-9))
         row.update(alignment(net))
+        row.update(probe_row(self.card, self.data, net, epoch + 1))  # training.analyse_every
         return row
 
 
@@ -289,7 +302,18 @@ def _with_epochs(card: Card, epochs) -> Card:
 
 
 def _hooks(progress, log) -> Progress:
+    if not parallel.is_writer():  # process 0 of a multi-process run speaks for all of them
+        return Progress()
     return progress if isinstance(progress, Progress) else ConsoleProgress(bool(progress), log)
+
+
+def _writer_log(log):
+    return log if parallel.is_writer() else (lambda *args, **kwargs: None)
+
+
+def _with_devices(card: Card, devices) -> Card:
+    """`card` with `training.devices` replaced (validated like the card's own value)."""
+    return card.with_overrides([f"training.devices={devices}"])
 
 
 def train(card=None, out=None, *, overrides=(), epochs=None, data=None, data_dir=None, net=None,
@@ -306,7 +330,8 @@ def train(card=None, out=None, *, overrides=(), epochs=None, data=None, data_dir
     optimiser state) instead of the card's initialisation. `step`: the card's
     :class:`TrainingStep` from :func:`build_training_step` to reuse its compiled code.
     `progress`: show progress bars (bool), or :class:`Progress` hooks; `log`: where the
-    one-line messages go.
+    one-line messages go. In a multi-process run (:func:`ctgep.initialize_distributed`) every
+    process calls this with the same arguments; only process 0 writes `out` and logs.
     """
     if not isinstance(card, Card):
         card = load_card(card)
@@ -316,7 +341,8 @@ def train(card=None, out=None, *, overrides=(), epochs=None, data=None, data_dir
         card = _with_epochs(card, epochs)
     out = rundir.default_out(card) if out is None else pathlib.Path(out)
     restart = False
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    writer, log = parallel.is_writer(), _writer_log(log)
+    if writer and out.exists() and (not out.is_dir() or any(out.iterdir())):
         restart = rundir.unstarted(out)  # a run killed before its first checkpoint: start again
         if not restart:
             raise RunDirError(f"--out {out} already exists and is not empty; choose another folder "
@@ -334,8 +360,9 @@ def train(card=None, out=None, *, overrides=(), epochs=None, data=None, data_dir
     else:
         opt_state = trainer.step.init_optimizer(net)
     particles = trainer.fresh_particles(net)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    rundir.write_card(out, card)
+    if writer:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        rundir.write_card(out, card)
     meta = trainer.meta(0, 0, 0, zero_stats(card.model.sizes[-1]), 0.0, [], None)
     trainer.save("latest", net, opt_state, meta, particles)
     log(f"run directory: {out}  ({data.name}: {len(data.y_train)} train, {len(data.y_test)} test"
@@ -344,28 +371,36 @@ def train(card=None, out=None, *, overrides=(), epochs=None, data=None, data_dir
     return trainer.result()
 
 
-def resume(run_dir, *, epochs=None, data=None, data_dir=None, step=None, progress=True, log=print) -> Run:
+def resume(run_dir, *, epochs=None, devices=None, data=None, data_dir=None, step=None, progress=True,
+           log=print) -> Run:
     """Continue a run from its latest checkpoint, exactly where it stopped.
 
     `epochs` raises (or lowers) the card's total number of epochs; the resolved card is
-    updated only once the data has been found and the checkpoint read. `data`, `step`,
-    `progress`, `log`: as for :func:`train`.
+    updated only once the data has been found and the checkpoint read. `devices` replaces
+    `training.devices` for this continuation (checkpoints do not depend on it; the card is not
+    rewritten). `data`, `step`, `progress`, `log`: as for :func:`train`; a multi-process run
+    resumes with the same number of processes, every one reading the run directory.
     """
+    log = _writer_log(log)
     run_dir = pathlib.Path(run_dir)
     card = rundir.read_run_card(run_dir)
     if epochs is not None:
         card = _with_epochs(card, epochs)
+    if devices is not None:
+        card = _with_devices(card, devices)
     if rundir.unstarted(run_dir):
         # Killed before its first checkpoint: nothing was trained, so start from the card.
         log(f"{run_dir} has no checkpoint yet (stopped before the first one): starting it from its card")
-        rundir.clear_unstarted(run_dir)
+        if parallel.is_writer():
+            rundir.clear_unstarted(run_dir)
         return train(card, run_dir, data=data, data_dir=data_dir, step=step, progress=progress, log=log)
     data = _data_for(card, data, data_dir)
     trainer = Trainer(card, data, run_dir, step=step, progress=_hooks(progress, log))
     (net, opt_state), meta, particles = _latest_or_best(trainer, log)
-    checkpoints.prune(trainer.ckpt)
-    if epochs is not None:
-        rundir.write_card(run_dir, card)
+    if trainer.writer:
+        checkpoints.prune(trainer.ckpt)
+    if epochs is not None and trainer.writer:
+        rundir.write_card(run_dir, _with_epochs(rundir.read_run_card(run_dir), epochs))
     log(f"resuming {run_dir} at epoch {meta['epoch'] + 1}, batch {meta['batch']} "
         f"(optimiser step {meta['step']})")
     trainer.latest = (net, meta)
