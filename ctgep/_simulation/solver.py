@@ -237,10 +237,8 @@ def _trajectory_synapses(problem: PhaseProblem, states, increments, *, n_moves: 
     (slots `i, i + n_moves, …`) pulls back only the μ of its layers `groups[i]` (all layers
     when `groups` is None). Under `jit` the values the VJP does not need are dropped.
     """
-    if groups is None:
-        groups = (tuple(range(len(states))),) * n_moves
-        n_moves = 1 if len(set(groups)) == 1 else n_moves
-        groups = groups[:n_moves]
+    if groups is None:  # every move may touch every layer: all slots in one VJP
+        groups, n_moves = (tuple(range(len(states))),), 1
     assert len(groups) == n_moves, (groups, n_moves)
 
     def along(params, us, layers):
