@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -64,6 +65,24 @@ def test_one_process_unless_asked_and_bad_process_options_are_usage_errors(monke
     monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
     with pytest.raises(UsageError, match="must be integers"):
         initialize_distributed()
+
+
+def test_an_absent_coordinator_is_a_one_line_error_after_the_timeout(monkeypatch, tmp_path, capsys):
+    from ctgep._cli import main
+    from ctgep._experiment.parallel import CLUSTER_SIZE, ENV
+
+    for var in (*ENV.values(), *CLUSTER_SIZE):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    code = main(["train", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "1",
+                 "--coordinator-timeout", "0.5", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and time.monotonic() - t0 < 10
+    assert "\n" not in err and f"no coordinator answered at 127.0.0.1:{port} within 0.5 s" in err
+    assert not (tmp_path / "run").exists()
 
 
 STEP = """

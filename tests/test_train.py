@@ -92,6 +92,7 @@ def test_run_directory_contents_and_reproducibility(small_data, tmp_path):
         ctgep.train("digits", tmp_path / "d", overrides=SMALL + ["learning.beta=0.25"], step=step, **quiet)
 
 
+@pytest.mark.slow
 def test_train_returns_the_run_it_wrote(small_data, tmp_path):
     """`train` and `resume` return from memory exactly what `load_run` reads back."""
     quiet = dict(progress=False, log=lambda *a: None, data=small_data)
@@ -131,6 +132,7 @@ def test_an_injected_dataset_is_used_as_given(tmp_path):
         ctgep.train("digits", tmp_path / "both", overrides=over, data=toy, data_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_per_layer_learning_rates_reach_their_layers(small_data, tmp_path):
     over = SMALL + ["learning.learning_rates=[0.5, 1e-20, 1e-20]", "training.epochs=1"]
     run = ctgep.train("digits", tmp_path / "r", overrides=over, data=small_data, progress=False,
@@ -160,6 +162,7 @@ def test_weight_decay_shrinks_weights_not_biases():
         ctgep.load_card("digits", overrides=["learning.weight_decay=-1"])
 
 
+@pytest.mark.slow
 def test_evaluation_horizon_t_eval(small_data, tmp_path):
     """`phases.t_eval` sets the prediction's free-phase horizon apart from training's `t_free`."""
     quiet = dict(progress=False, log=lambda *a: None)
@@ -187,6 +190,7 @@ def test_alignment_cosine_and_trace():
     assert ctgep.alignment(ctgep.LayeredNetwork([5, 3], key=jr.key(0))) == {}
 
 
+@pytest.mark.slow
 def test_resume_at_an_epoch_boundary_matches_one_run(small_data, tmp_path):
     quiet = dict(progress=False, log=lambda *a: None, data=small_data)
     whole = ctgep.train("digits", tmp_path / "whole", overrides=SMALL, **quiet)
@@ -224,6 +228,7 @@ def _cli(*args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     """Kill a training process mid-epoch with SIGKILL; `ctgep resume` ends where one run ends."""
     card = ctgep.load_card("digits", overrides=[
@@ -324,6 +329,11 @@ def test_warm_start_saves_free_steps_and_resumes_exactly(tmp_path):
     with pytest.raises(ctgep.TrainingError, match="particles .* are missing"):
         ctgep.resume(tmp_path / "warm-True", **quiet)
     assert ctgep.evaluate(tmp_path / "warm-True", which="latest")["error"] == ev["error"]
+    lines = []  # ... unless the warm starts may begin again from the initial state, with a warning
+    more = ctgep.resume(tmp_path / "warm-True", epochs=4, reset_particles=True, progress=False, log=lines.append)
+    assert [line for line in lines if "warm starts of" in line and "not identical" in line]
+    assert more.metrics.epoch.values.tolist() == [1, 2, 3, 4]
+    assert more.metrics.free_steps.values[3] > warm.free_steps.values[2]  # from zeros again
 
 
 def test_a_silent_output_unit_is_counted_and_reported(tmp_path):
@@ -349,6 +359,7 @@ def test_a_healthy_run_has_no_silent_output_unit(tmp_path):
     assert not any("lower clip bound" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_shift_augmentation_trains_on_moved_images_and_evaluates_on_plain_ones(tmp_path):
     """`data.shift` draws fresh offsets at every step from the step's key: the run differs from
     a plain one, repeats exactly, and its reported test error is that of the plain test images."""
@@ -405,6 +416,7 @@ def test_a_run_with_shift_epochs_switches_to_plain_images_after_them(tmp_path):
 # Run directories damaged by a kill or by hand
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_can_be_resumed_or_restarted(small_data, tmp_path):
     """A kill during the first checkpoint write leaves card.toml and a temporary file: `resume`
     starts the run from its card, and `train --out` may reuse the folder."""
@@ -438,6 +450,7 @@ def test_a_truncated_latest_sidecar_resumes_from_best(small_data, tmp_path):
     assert _same_params(resumed.net, ref.net)
 
 
+@pytest.mark.slow
 def test_a_missing_parameter_file_is_named(small_data, tmp_path):
     quiet = dict(progress=False, log=lambda *a: None, data=small_data)
     ctgep.train("digits", tmp_path / "r", overrides=SMALL, epochs=1, **quiet)

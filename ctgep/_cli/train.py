@@ -40,13 +40,17 @@ def _common_parallel(p):
                    help="address of process 0, which coordinates the run and alone writes RUN_DIR")
     g.add_argument("--num-processes", type=int, default=None, metavar="N", help="number of processes")
     g.add_argument("--process-id", type=int, default=None, metavar="I", help="this process's id, 0 … N-1")
+    g.add_argument("--coordinator-timeout", type=float, default=None, metavar="SECONDS",
+                   help="how long the processes wait for each other before a one-line error "
+                        "(default: $CTGEP_COORDINATOR_TIMEOUT, else 300)")
 
 
 def _start_processes(args) -> None:
     """Join a multi-process run when asked to (before any other JAX work)."""
     from .._experiment.parallel import initialize_distributed
 
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                           args.coordinator_timeout)
 
 
 def _common_progress(p):
@@ -85,6 +89,10 @@ def register(subparsers) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory `ctgep train` wrote")
     p.add_argument("--epochs", type=int, default=None, metavar="N",
                    help="total number of epochs to reach (default: the card's)")
+    p.add_argument("--reset-particles", action="store_true",
+                   help="restart the warm starts (phases.warm_start) from the initial state when the "
+                        "checkpoint's particles file is absent, as in a committed run; the result is "
+                        "then no longer identical to an uninterrupted run")
     _common_data(p)
     _common_progress(p)
     _common_parallel(p)
@@ -127,8 +135,8 @@ def _resume(args) -> int:
     _start_processes(args)
     from .._experiment.loop import resume
 
-    _report(resume(args.run_dir, epochs=args.epochs, devices=args.devices, data_dir=args.data_dir,
-                   progress=not args.quiet))
+    _report(resume(args.run_dir, epochs=args.epochs, devices=args.devices,
+                   reset_particles=args.reset_particles, data_dir=args.data_dir, progress=not args.quiet))
     return 0
 
 

@@ -132,7 +132,8 @@ def load_particles(folder: pathlib.Path, meta: dict, shape, dtype):
         raise RunDirError(f"checkpoint {side} has no particles file, but the card sets phases.warm_start")
     if not (folder / meta["particles_file"]).is_file():
         raise RunDirError(f"the warm-start particles {folder / meta['particles_file']} named by {side} are "
-                          "missing (committed runs leave them out); resume needs them")
+                          "missing (committed runs leave them out); resume needs them, or restarts the warm "
+                          "starts from zero with --reset-particles")
     blob = _read_checked(folder, side, meta, "particles_file", "particles_sha256")
     a = np.load(io.BytesIO(blob), allow_pickle=False)
     if a.shape != tuple(shape) or a.dtype != dtype:

@@ -16,6 +16,8 @@ rows of each minibatch on its devices (:func:`shard_rows`), and only process 0 w
 """
 
 import os
+import socket
+import time
 
 import jax
 import numpy as np
@@ -33,14 +35,21 @@ ENV = {"coordinator": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCE
        "process_id": "JAX_PROCESS_ID"}
 # A job of several tasks under these launchers starts a multi-process run without any option.
 CLUSTER_SIZE = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+# Seconds a process waits for the coordinator (--coordinator-timeout).
+TIMEOUT_ENV = "CTGEP_COORDINATOR_TIMEOUT"
 
 
-def initialize_distributed(coordinator=None, num_processes=None, process_id=None) -> bool:
+def initialize_distributed(coordinator=None, num_processes=None, process_id=None,
+                           timeout: float | None = None) -> bool:
     """Join a multi-process run (``jax.distributed.initialize``) when any of the three is given
     here or in ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID``, or
     when a SLURM or Open MPI job has several tasks (JAX then reads the rest from there).
 
-    Must run before any other JAX work of the process. Returns whether it joined one.
+    A process other than 0 first waits up to `timeout` seconds (default
+    ``$CTGEP_COORDINATOR_TIMEOUT``, else 300, JAX's own) for the coordinator to accept a
+    connection, and raises a one-line `UsageError` if none does: JAX itself would abort the
+    process from C++ with a stack trace. Must run before any other JAX work of the process.
+    Returns whether it joined one.
     """
     given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
     for k, var in ENV.items():
@@ -57,12 +66,36 @@ def initialize_distributed(coordinator=None, num_processes=None, process_id=None
                          f"and {given['process_id']!r}") from None
     if (n is not None and n < 1) or (i is not None and n is not None and not 0 <= i < n):
         raise UsageError(f"the process count ({n}) must be ≥ 1 and the process id ({i}) in [0, {n})")
+    if timeout is None:
+        timeout = float(os.environ.get(TIMEOUT_ENV) or 300)
+    if timeout <= 0:
+        raise UsageError(f"the coordinator timeout must be > 0 seconds, not {timeout:g}")
+    if given["coordinator"] is not None and i not in (None, 0):
+        _wait_for_coordinator(given["coordinator"], timeout)
     try:
-        jax.distributed.initialize(given["coordinator"], n, i)
+        jax.distributed.initialize(given["coordinator"], n, i,
+                                   initialization_timeout=max(1, round(timeout)))
     except (ValueError, TypeError) as e:
         raise UsageError(f"cannot start the multi-process run: {e} (give --coordinator HOST:PORT, "
                          "--num-processes and --process-id)") from None
     return True
+
+
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+    """Return once ``HOST:PORT`` accepts a TCP connection; a one-line error after `timeout` s."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--coordinator must be HOST:PORT, not {address!r}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(2.0, timeout)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise UsageError(f"no coordinator answered at {address} within {timeout:g} s ({e.strerror or e}): "
+                                 "start process 0 there first, or set --coordinator-timeout") from None
+            time.sleep(0.2)
 
 
 def is_writer() -> bool:
