@@ -12,7 +12,8 @@ once per phase the input's convolution, and the update's transposed convolutions
 μ). The ratio (alone / step) says how much of the step is the arithmetic itself.
 
 Settings: ``paper`` (clipped Euler dt 0.5, exactly 60 free + 20 nudged steps: models/mnist_cnn.toml)
-and ``gauss-seidel`` (block Gauss–Seidel, dt 1, 15 + 5 steps: models/mnist_cnn_fast.toml).
+and ``gauss-seidel`` (block Gauss–Seidel, dt 1, the steps of models/mnist_cnn_fast.toml: 15 + 5
+when the table in studies/benchmarks/RESULTS.md was measured, 25 + 8 since).
 
     python studies/benchmarks/cnn_speed.py --data-dir DIR [--examples 1000]
         [--settings gauss-seidel paper] [--layouts NHWC NCHW] [--batch-sizes 20 50]
