@@ -125,6 +125,11 @@ def load(folder: pathlib.Path, tag: str, like):
     return tree, meta
 
 
+def has_particles(folder: pathlib.Path, meta: dict) -> bool:
+    """Whether a `latest` sidecar names a particles file that is present."""
+    return "particles_file" in meta and (folder / meta["particles_file"]).is_file()
+
+
 def load_particles(folder: pathlib.Path, meta: dict, shape, dtype):
     """The persistent free states a `latest` sidecar names, checked against its sha256 and shape."""
     side = folder / "latest.json"

@@ -379,9 +379,9 @@ def resume(run_dir, *, epochs=None, devices=None, reset_particles=False, data=No
     updated only once the data has been found and the checkpoint read. `devices` replaces
     `training.devices` for this continuation (checkpoints do not depend on it; the card is not
     rewritten). `reset_particles` restarts the warm starts (`phases.warm_start`) from the
-    initial state instead of the checkpoint's particles file, which a committed run leaves out
-    (1.3 GB for the CNN): the continuation is then no longer identical to an uninterrupted run,
-    and a warning says so. `data`, `step`, `progress`, `log`: as for :func:`train`; a
+    initial state when the checkpoint's particles file is absent, as a committed run leaves it
+    out (1.3 GB for the CNN): the continuation is then no longer identical to an uninterrupted
+    run, and a warning says so; a present file is used as always. `data`, `step`, `progress`, `log`: as for :func:`train`; a
     multi-process run resumes with the same number of processes, every one reading the run
     directory.
     """
@@ -415,29 +415,38 @@ def resume(run_dir, *, epochs=None, devices=None, reset_particles=False, data=No
 def _latest_or_best(trainer: Trainer, log, reset_particles=False):
     """`((net, opt_state), sidecar, particles)` of the `latest` checkpoint, or, when its sidecar
     is unreadable (a truncated `latest.json`), of the `best` one: an epoch boundary of the same
-    run, from which the epochs after it are trained again, identically. With `reset_particles`
-    the warm starts begin again from the initial state."""
+    run, from which the epochs after it are trained again, identically. With `reset_particles`,
+    warm starts whose particles file is absent (or that resume from `best`, which has none)
+    begin again from the initial state."""
     like = eqx.filter_eval_shape(trainer.fresh)
+    warm = trainer.card.phases.warm_start
     try:
         (net, opt_state), meta = checkpoints.load(trainer.ckpt, "latest", like)
     except RunDirError as e:
         if not (trainer.ckpt / "best.json").is_file() or "sidecar" not in str(e):
             raise
-        if trainer.card.phases.warm_start:
+        if warm and not reset_particles:
             raise RunDirError(f"{e}; the best checkpoint cannot replace it, as it does not hold the "
-                              "warm-start particles") from None
+                              "warm-start particles (--reset-particles restarts them)") from None
         try:
             (net, opt_state), meta = checkpoints.load(trainer.ckpt, "best", like)
         except RunDirError as e2:
             raise RunDirError(f"{e}, and the best checkpoint cannot replace it: {e2}") from None
         log(f"warning: {e}; resuming from the best checkpoint (end of epoch {meta['epoch']}) instead")
-        return (net, opt_state), meta, None
-    if reset_particles and trainer.card.phases.warm_start:
-        log(f"warning: the warm starts of {trainer.dir} restart from the initial state at epoch "
-            f"{meta['epoch'] + 1}, batch {meta['batch']} (--reset-particles): the continuation is not "
-            "identical to an uninterrupted run")
-        return (net, opt_state), meta, trainer.fresh_particles(net)
+        return (net, opt_state), meta, _reset_particles(trainer, meta, net, log) if warm else None
+    if warm and reset_particles and not checkpoints.has_particles(trainer.ckpt, meta):
+        return (net, opt_state), meta, _reset_particles(trainer, meta, net, log)
     return (net, opt_state), meta, trainer.load_particles(meta, net)
+
+
+def _reset_particles(trainer: Trainer, meta: dict, net, log):
+    """Fresh warm-start particles for a run that continues without its own (None once finished)."""
+    if meta["epoch"] >= trainer.card.training.epochs:
+        return None
+    log(f"warning: the warm starts of {trainer.dir} restart from the initial state at epoch "
+        f"{meta['epoch'] + 1}, batch {meta['batch']} (--reset-particles, no particles file): the "
+        "continuation is not identical to an uninterrupted run")
+    return trainer.fresh_particles(net)
 
 
 def evaluate(run_dir, *, which: str = "latest", data=None, data_dir=None, split: str = "test",

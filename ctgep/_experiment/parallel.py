@@ -15,6 +15,7 @@ rows of each minibatch on its devices (:func:`shard_rows`), and only process 0 w
 (:func:`is_writer`).
 """
 
+import math
 import os
 import socket
 import time
@@ -45,10 +46,11 @@ def initialize_distributed(coordinator=None, num_processes=None, process_id=None
     here or in ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID``, or
     when a SLURM or Open MPI job has several tasks (JAX then reads the rest from there).
 
-    A process other than 0 first waits up to `timeout` seconds (default
-    ``$CTGEP_COORDINATOR_TIMEOUT``, else 300, JAX's own) for the coordinator to accept a
-    connection, and raises a one-line `UsageError` if none does: JAX itself would abort the
-    process from C++ with a stack trace. Must run before any other JAX work of the process.
+    A process other than 0 (with its id given, not read from a cluster) first waits up to
+    `timeout` seconds (default ``$CTGEP_COORDINATOR_TIMEOUT``, else 300, JAX's own) for the
+    coordinator to accept a connection, and raises a one-line `UsageError` if none does: JAX
+    itself would abort the process from C++ with a stack trace, as it still does for process 0
+    when the others never arrive. Must run before any other JAX work of the process.
     Returns whether it joined one.
     """
     given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
@@ -66,10 +68,13 @@ def initialize_distributed(coordinator=None, num_processes=None, process_id=None
                          f"and {given['process_id']!r}") from None
     if (n is not None and n < 1) or (i is not None and n is not None and not 0 <= i < n):
         raise UsageError(f"the process count ({n}) must be ≥ 1 and the process id ({i}) in [0, {n})")
-    if timeout is None:
-        timeout = float(os.environ.get(TIMEOUT_ENV) or 300)
-    if timeout <= 0:
-        raise UsageError(f"the coordinator timeout must be > 0 seconds, not {timeout:g}")
+    raw = timeout if timeout is not None else os.environ.get(TIMEOUT_ENV) or 300
+    try:
+        timeout = float(raw)
+    except (TypeError, ValueError):
+        timeout = math.nan
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(f"the coordinator timeout must be a finite number of seconds > 0, not {raw!r}")
     if given["coordinator"] is not None and i not in (None, 0):
         _wait_for_coordinator(given["coordinator"], timeout)
     try:
@@ -84,13 +89,15 @@ def initialize_distributed(coordinator=None, num_processes=None, process_id=None
 def _wait_for_coordinator(address: str, timeout: float) -> None:
     """Return once ``HOST:PORT`` accepts a TCP connection; a one-line error after `timeout` s."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UsageError(f"--coordinator must be HOST:PORT, not {address!r}")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--coordinator must be HOST:PORT with a port in 1 … 65535, not {address!r}")
     deadline = time.monotonic() + timeout
     while True:
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=min(2.0, timeout)):
                 return
+        except socket.gaierror as e:  # an unknown host does not appear later
+            raise UsageError(f"--coordinator {address}: unknown host ({e.strerror or e})") from None
         except OSError as e:
             if time.monotonic() >= deadline:
                 raise UsageError(f"no coordinator answered at {address} within {timeout:g} s ({e.strerror or e}): "
