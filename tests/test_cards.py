@@ -89,6 +89,7 @@ CENTERED = GAUSS_SEIDEL + ["phases.t_eval=60", "learning.nudging=centered", "lea
                                        "phases.alternate=true", "phases.t_free=30", "phases.t_nudged=10",
                                        "phases.t_eval=120", "data.shift=1", "training.epochs=50"],
      "784-512-512-512-10_gauss_seidel_shift1"),
+    ("mnist_cnn_fast.toml", ["training.epochs=20"], "cnn_fast"),
 ])
 def test_committed_mnist_runs_were_made_by_the_committed_cards(card, overrides, run):
     """`ctgep train models/<card> [--set …]`, as the README writes it, reproduces the run's settings."""

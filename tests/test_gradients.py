@@ -18,6 +18,7 @@ from theory_problems import BPTT_STEPS, SIZES, SMOOTH, neg, problem, settled_fix
 HYP = settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+@pytest.mark.slow
 @given(seed=st.integers(0, 2**16), activation=st.sampled_from(SMOOTH))
 @HYP
 def test_rbp_equals_finite_differences(x64, seed, activation):
@@ -31,6 +32,7 @@ def test_rbp_equals_finite_differences(x64, seed, activation):
     assert float(cmp.relative_error.max()) <= 1e-5
 
 
+@pytest.mark.slow
 def test_gradients_share_the_structure_of_ep_update(x64):
     net, x, y = problem(0)
     params = eqx.partition(net, eqx.is_inexact_array)[0]
@@ -60,6 +62,7 @@ def test_rbp_on_the_energy_network_is_minus_nu(x64):
     assert G.relative_error(G.nu(net, x, y, s_free=s), neg(g)) < 1e-10
 
 
+@pytest.mark.slow
 def test_bptt_converges_to_rbp_and_adaptive_matches_constant_step(x64):
     net, x, y = problem(5)
     g = G.rbp(net, x, y)

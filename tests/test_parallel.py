@@ -85,6 +85,22 @@ def test_an_absent_coordinator_is_a_one_line_error_after_the_timeout(monkeypatch
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("family, bind, address", [
+    (socket.AF_INET, "127.0.0.1", "127.0.0.1:{}"), (socket.AF_INET, "127.0.0.1", "localhost:{}"),
+    pytest.param(socket.AF_INET6, "::1", "[::1]:{}", marks=pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6"))])
+def test_the_coordinator_probe_reads_host_and_port(family, bind, address):
+    from ctgep._errors import UsageError
+    from ctgep._experiment.parallel import _wait_for_coordinator
+
+    with socket.socket(family) as s:
+        s.bind((bind, 0))
+        s.listen()
+        _wait_for_coordinator(address.format(s.getsockname()[1]), 2.0)  # returns at once
+    for bad in ("host", "[::1]", "h:99999"):
+        with pytest.raises(UsageError, match="HOST:PORT with a port in 1 … 65535"):
+            _wait_for_coordinator(bad, 0.5)
+
+
 STEP = """
 import json
 import jax, jax.numpy as jnp, numpy as np
@@ -166,7 +182,6 @@ print(json.dumps({"two": rows(two), "one": rows(one), "resumed": rows(resumed),
 """
 
 
-@pytest.mark.slow
 def test_two_devices_train_like_one_and_their_checkpoints_resume_on_one(tmp_path):
     """Two epochs on 2 fake devices against 1 (warm starts: the particles travel with their
     examples); and 1 epoch on 2 devices resumed for the second on 1 device (`--devices 1`)."""
@@ -204,12 +219,11 @@ def _two_processes_train(tmp_path):
     return script, _launch(tmp_path, script)
 
 
-@pytest.mark.slow  # ~50 s on an idle 2-core host: two JAX processes and one digits epoch
-def test_two_processes_train_one_run_directory(tmp_path):
+def test_two_processes_train_one_run_directory_and_resume_it(tmp_path):
     """The README's launch, on tiny settings: two `jax.distributed` processes on localhost (one
     CPU device each, a mesh of 2) train one epoch of the digits card into one run directory,
-    written by process 0 alone."""
-    _, r = _two_processes_train(tmp_path)
+    written by process 0 alone; the same two processes then resume it for a second epoch."""
+    script, r = _two_processes_train(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     (run,) = (tmp_path / "runs").iterdir()
     metrics = (run / "metrics.csv").read_text().splitlines()
@@ -217,11 +231,6 @@ def test_two_processes_train_one_run_directory(tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.suffix == ".json") == [
         "best.json", "latest.json"]
     assert r.stdout.count(f"done: {run.relative_to(tmp_path)}") == 1  # process 0 reports for both
-
-
-@pytest.mark.slow
-def test_two_processes_resume_their_run(tmp_path):
-    script, _ = _two_processes_train(tmp_path)
-    (run,) = (tmp_path / "runs").iterdir()
+    script = re.sub(r"localhost:\d+", f"localhost:{_free_port()}", script)
     _launch(tmp_path, re.sub(r"ctgep train .*?--out ([\w/.-]+)", r"ctgep resume \1 --epochs 2", script))
     assert len((run / "metrics.csv").read_text().splitlines()) == 3

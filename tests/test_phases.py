@@ -169,6 +169,7 @@ def _flat_batch(state):
     return np.concatenate([np.asarray(s) for s in state], axis=-1)
 
 
+@pytest.mark.slow
 def test_nudged_displacement_converges_to_the_linear_response(small_problem):
     """(s^β − s⁰)/β → Jμ⁻¹ ∂C/∂sᵀ: O(β) one-sided, O(β²) centered."""
     net, x, y = small_problem

@@ -181,6 +181,7 @@ def check_bptt_rate(problem):
     assert errs[-1] < 1e-6
 
 
+@pytest.mark.slow
 @given(problem=networks(("sigmoid", "tanh")))
 @settings(PROFILE)
 def test_bptt_converges_to_rbp_at_the_slowest_rate(x64, problem):

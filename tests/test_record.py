@@ -86,7 +86,7 @@ def _flat(state):
     return np.concatenate([np.asarray(a) for a in state], axis=-1)
 
 
-@pytest.mark.parametrize("solver", ["euler", "tsit5"])
+@pytest.mark.parametrize("solver", ["euler", pytest.param("tsit5", marks=pytest.mark.slow)])
 def test_final_states_match_phases(problem, euler_record, solver):
     net, x, y = problem
     if solver == "euler":

@@ -50,6 +50,7 @@ def test_endpoint_rule_is_the_papers_local_outer_product(small_problem):
             np.testing.assert_allclose(step.update.Wb[l], delta.T @ pre[l + 2] / n, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_endpoint_and_integrated_differ_by_order_beta(small_problem):
     net, x, y = small_problem
     gaps = []
@@ -202,6 +203,7 @@ def test_bad_shapes_and_names_are_reported(small_problem):
 # --------------------------------------------------------------------------- small β
 
 
+@pytest.mark.slow
 def test_a_weak_nudge_is_resolved_not_silently_zero(small_problem):
     """At β = 5e-5 the whole nudge is below tol = 1e-4. The stop test is relative to β, so the
     nudged phase runs and the update is resolved (it used to come back as exactly zero, flagged

@@ -68,7 +68,7 @@ def test_a_user_solver_is_recorded_and_the_record_ends_at_the_phase_result(small
 
 
 @pytest.mark.parametrize("solver", [ctgep.Euler(dt=0.5), ctgep.Euler(dt=1.0, precondition=True, alternate=True),
-                                    ctgep.Adaptive()])
+                                    pytest.param(ctgep.Adaptive(), marks=pytest.mark.slow)])
 def test_recorded_final_states_are_the_phase_results(small, solver):
     net, x, y = small
     ds = ctgep.record(net, x, y, beta=0.5, solver=solver, t_free=30.0, t_nudged=15.0)
@@ -168,6 +168,7 @@ def test_the_stored_integrated_path_equals_the_per_step_vjps(small, solver, monk
     assert int(fast.steps[0]) == int(slow.steps[0]) > 0
 
 
+@pytest.mark.slow
 def test_a_user_solver_trains_unchanged(tmp_path):
     """The training step relaxes with the user's solver (its step, 0.25, is not the card's 0.5)."""
     card = ctgep.load_card("digits", overrides=["training.epochs=3", "data.max_train=1000", "data.max_test=200"])

@@ -76,6 +76,7 @@ def test_ep_estimate_tends_to_nu_at_order_one_and_two(x64, rule):
     assert errs["centered"][-1] < 0.05 * errs["one-sided"][-1]
 
 
+@pytest.mark.slow
 def test_nu_is_minus_gradient_iff_jacobian_is_symmetric(x64):
     x, y = _checks.problem_data((SIZES[0], SIZES[-1]), 3, jr.PRNGKey(2))
     tied = _checks.tied_linear_network(SIZES, jr.PRNGKey(5), feedback=0.0)
@@ -228,6 +229,7 @@ def _verdicts(report):
     return {(r.check, r.verdict) for r in report.rows}
 
 
+@pytest.mark.slow
 def test_check_expects_nu_equal_minus_gradient_on_an_energy_network(x64):
     # Jμ is a Hessian: the expected relation is ν = −∇J (it used to FAIL as "ν ≠ −∇J").
     net = ctgep.EnergyNetwork(SIZES, "sigmoid", key=jr.PRNGKey(3), dtype=jnp.float64)
@@ -271,12 +273,14 @@ def test_check_marks_rows_not_converged_instead_of_raising(x64):
     assert int(report.data.passed.min()) == _checks.VERDICT_CODES["not converged"]
 
 
+@pytest.mark.slow
 def test_check_sweep_rows_say_they_use_an_internal_network(x64):
     net = ctgep.LayeredNetwork((4, 7, 2), "sigmoid", key=jr.PRNGKey(0), dtype=jnp.float64)
     report = _checks.run_checks(net, only=("sweep",))
     assert report.rows and all("[internal (5, 6, 6, 3) net]" in r.check for r in report.rows)
 
 
+@pytest.mark.slow
 def test_check_ep_rows_catch_a_sabotaged_update_on_hard_sigmoid(x64, monkeypatch):
     net, x, y = problem(0, "hard_sigmoid")
     honest = _checks.run_checks(net, x, y, only=("ep",))

@@ -92,7 +92,6 @@ def test_run_directory_contents_and_reproducibility(small_data, tmp_path):
         ctgep.train("digits", tmp_path / "d", overrides=SMALL + ["learning.beta=0.25"], step=step, **quiet)
 
 
-@pytest.mark.slow
 def test_train_returns_the_run_it_wrote(small_data, tmp_path):
     """`train` and `resume` return from memory exactly what `load_run` reads back."""
     quiet = dict(progress=False, log=lambda *a: None, data=small_data)
@@ -162,7 +161,6 @@ def test_weight_decay_shrinks_weights_not_biases():
         ctgep.load_card("digits", overrides=["learning.weight_decay=-1"])
 
 
-@pytest.mark.slow
 def test_evaluation_horizon_t_eval(small_data, tmp_path):
     """`phases.t_eval` sets the prediction's free-phase horizon apart from training's `t_free`."""
     quiet = dict(progress=False, log=lambda *a: None)
@@ -334,6 +332,9 @@ def test_warm_start_saves_free_steps_and_resumes_exactly(tmp_path):
     assert [line for line in lines if "warm starts of" in line and "not identical" in line]
     assert more.metrics.epoch.values.tolist() == [1, 2, 3, 4]
     assert more.metrics.free_steps.values[3] > warm.free_steps.values[2]  # from zeros again
+    lines = []  # a particles file that is present is used, reset or not
+    ctgep.resume(tmp_path / "warm-True", epochs=5, reset_particles=True, progress=False, log=lines.append)
+    assert not [line for line in lines if "warm starts of" in line]
 
 
 def test_a_silent_output_unit_is_counted_and_reported(tmp_path):
@@ -450,7 +451,6 @@ def test_a_truncated_latest_sidecar_resumes_from_best(small_data, tmp_path):
     assert _same_params(resumed.net, ref.net)
 
 
-@pytest.mark.slow
 def test_a_missing_parameter_file_is_named(small_data, tmp_path):
     quiet = dict(progress=False, log=lambda *a: None, data=small_data)
     ctgep.train("digits", tmp_path / "r", overrides=SMALL, epochs=1, **quiet)
