@@ -381,9 +381,9 @@ def resume(run_dir, *, epochs=None, devices=None, reset_particles=False, data=No
     rewritten). `reset_particles` restarts the warm starts (`phases.warm_start`) from the
     initial state when the checkpoint's particles file is absent, as a committed run leaves it
     out (1.3 GB for the CNN): the continuation is then no longer identical to an uninterrupted
-    run, and a warning says so; a present file is used as always. `data`, `step`, `progress`, `log`: as for :func:`train`; a
-    multi-process run resumes with the same number of processes, every one reading the run
-    directory.
+    run, and a warning says so; a present file is used as always. `data`, `step`, `progress`,
+    `log`: as for :func:`train`; a multi-process run resumes with the same number of processes,
+    every one reading the run directory.
     """
     log = _writer_log(log)
     run_dir = pathlib.Path(run_dir)
