@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,23 @@ if not _MPLCONFIGDIR:
     import matplotlib
 
     _MPLCONFIGDIR = matplotlib.get_cachedir()
+
+# One persistent compilation cache for the whole run, shared by the xdist workers and by the
+# CLI subprocesses the tests start (they inherit the environment): the tests compile the same
+# train and phase steps again and again, and reading them back halves the suite's time. A
+# folder of this run's own, removed at the end by the process that made it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ctgep-tests-jax-cache-")
+    os.environ["CTGEP_TESTS_CACHE_OWNER"] = str(os.getpid())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def pytest_unconfigure(config):
+    if os.environ.get("CTGEP_TESTS_CACHE_OWNER") == str(os.getpid()):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
