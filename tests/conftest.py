@@ -20,14 +20,18 @@ if not _MPLCONFIGDIR:
 # One persistent compilation cache for the whole run, shared by the xdist workers and by the
 # CLI subprocesses the tests start (they inherit the environment): the tests compile the same
 # train and phase steps again and again, and reading them back halves the suite's time. A
-# folder of this run's own, removed at the end by the process that made it.
+# folder of this run's own, removed at the end by the process that made it. A size bound turns
+# on JAX's file lock (the `filelock` package), so that no process reads an entry another is
+# still writing.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ctgep-tests-jax-cache-")
     os.environ["CTGEP_TESTS_CACHE_OWNER"] = str(os.getpid())
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 
 
 def pytest_unconfigure(config):
