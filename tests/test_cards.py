@@ -81,6 +81,8 @@ CENTERED = GAUSS_SEIDEL + ["phases.t_eval=60", "learning.nudging=centered", "lea
     ("mnist_784-512-512-10.toml", GAUSS_SEIDEL + ["training.seed=1"], "784-512-512-10_gauss_seidel_seed1"),
     ("mnist_784-512-512-10.toml", CENTERED + ["learning.rule=integrated"], "784-512-512-10_integrated_centered"),
     ("mnist_784-512-512-10.toml", CENTERED + ["training.seed=1"], "784-512-512-10_endpoint_centered_seed1"),
+    ("mnist_784-512-512-10.toml", CENTERED + ["learning.rule=integrated", "training.seed=1"],
+     "784-512-512-10_integrated_centered_seed1"),
     ("mnist_784-512-512-10.toml", SHIFTED, "784-512-512-10_gauss_seidel_shift1"),
     ("mnist_784-512-512-10.toml", SHIFTED + ["training.seed=1"], "784-512-512-10_gauss_seidel_shift1_seed1"),
     ("mnist_784-512-512-10.toml", SHIFTED + ["data.shift_epochs=70"], "784-512-512-10_gauss_seidel_shift1_plain30"),
