@@ -23,9 +23,9 @@ if not _MPLCONFIGDIR:
 # folder of this run's own, removed at the end by the process that made it. A size bound turns
 # on JAX's file lock (the `filelock` package), so that no process reads an entry another is
 # still writing.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ  # workers and subprocesses inherit it
+if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ctgep-tests-jax-cache-")
-    os.environ["CTGEP_TESTS_CACHE_OWNER"] = str(os.getpid())
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
@@ -35,7 +35,7 @@ jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILAT
 
 
 def pytest_unconfigure(config):
-    if os.environ.get("CTGEP_TESTS_CACHE_OWNER") == str(os.getpid()):
+    if _OWN_CACHE:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
