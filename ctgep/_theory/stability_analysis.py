@@ -457,6 +457,11 @@ def plot(ds: xr.Dataset, path) -> pathlib.Path:
             ax.hist(m[np.isfinite(m)], bins=bins, alpha=0.6, label=f"measured ({np.sum(~np.isfinite(m))} did not settle)")
             ax.hist(p[np.isfinite(p)], bins=bins, alpha=0.6, label=f"predicted ({np.sum(~np.isfinite(p))} radius ≥ 1)")
             ax.legend(fontsize=7)
+        else:  # nothing to histogram: say why rather than leave the panel blank
+            ax.text(0.5, 0.5, f"no sample both settled and has radius < 1\n"
+                              f"{np.sum(~np.isfinite(m))} of {m.size} did not settle, "
+                              f"{np.sum(~np.isfinite(p))} with radius ≥ 1",
+                    ha="center", va="center", transform=ax.transAxes)
         ax.set(xlabel=f"steps to ‖μ‖∞ < {ds.attrs.get('convergence_tol', '')} (× dt = {dt:g} τ)", ylabel="samples",
                title="convergence: measured vs ⌈log(tol/r0)/log ρ(M)⌉")
 
