@@ -92,10 +92,15 @@ CENTERED = GAUSS_SEIDEL + ["phases.t_eval=60", "learning.nudging=centered", "lea
                                        "phases.t_eval=120", "data.shift=1", "training.epochs=50"],
      "784-512-512-512-10_gauss_seidel_shift1"),
     ("mnist_cnn_fast.toml", ["training.epochs=20"], "cnn_fast"),
+    ("fashion-mnist_784-512-512-10.toml", ["phases.t_nudged=5", "learning.homeostasis=0", "training.epochs=30"],
+     "fashion_mnist/784-512-512-10_gauss_seidel"),
+    ("fashion-mnist_784-512-512-10.toml", ["learning.homeostasis=0", "training.epochs=60"],
+     "fashion_mnist/784-512-512-10_gauss_seidel_60"),
+    ("fashion-mnist_784-512-512-10.toml", [], "fashion_mnist/784-512-512-10_homeostasis"),
 ])
-def test_committed_mnist_runs_were_made_by_the_committed_cards(card, overrides, run):
+def test_committed_runs_were_made_by_the_committed_cards(card, overrides, run):
     """`ctgep train models/<card> [--set …]`, as the README writes it, reproduces the run's settings."""
-    run_dir = MODELS.parent / "studies" / "mnist" / run
+    run_dir = MODELS.parent / "studies" / (run if "/" in run else f"mnist/{run}")
     if not (run_dir / "card.toml").exists():
         pytest.skip(f"{run_dir} is not committed")
     used = load_card(run_dir / "card.toml")
