@@ -25,7 +25,7 @@ CHECKPOINTED = sorted(p.parents[1].name for p in MNIST_RUNS.glob("*/checkpoints/
 HEADLINE = {
     "784-512-512-10_gauss_seidel_shift1_seed1", "784-512-512-10_gauss_seidel_shift1",
     "784-512-512-10_endpoint_warm80", "784-512-512-10_gauss_seidel",
-    "784-512-512-512-10_gauss_seidel_shift1", "784-512-512-10_integrated_centered", "cnn_fast",
+    "784-512-512-512-10_gauss_seidel_shift1", "784-512-512-10_integrated_centered_homeostasis", "cnn_fast",
 }
 RUN_FILES = ("metrics.csv", "summary.json", "card.toml", "training.png")
 # Long runs that continue over sessions (`ctgep resume --reset-particles`) keep their checkpoints too.
@@ -45,7 +45,7 @@ def _mnist_dir():
 
 
 # Two checkpoints by default (about 20 s); every headline checkpoint with -m slow.
-DEFAULT_EVALUATED = {"784-512-512-10_gauss_seidel", "784-512-512-10_integrated_centered"}
+DEFAULT_EVALUATED = {"784-512-512-10_gauss_seidel", "784-512-512-10_integrated_centered_homeostasis"}
 
 
 assert DEFAULT_EVALUATED <= HEADLINE
