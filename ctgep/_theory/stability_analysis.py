@@ -451,16 +451,16 @@ def plot(ds: xr.Dataset, path) -> pathlib.Path:
     if "measured_steps" in ds:
         m, p = ds.measured_steps.values, ds.predicted_steps.values
         fin = np.isfinite(m) & np.isfinite(p)
+        unsettled, diverging = int(np.sum(~np.isfinite(m))), int(np.sum(~np.isfinite(p)))
         if fin.any():
             hi = max(m[fin].max(), p[fin].max())
             bins = np.linspace(0, hi + 1, 30)
-            ax.hist(m[np.isfinite(m)], bins=bins, alpha=0.6, label=f"measured ({np.sum(~np.isfinite(m))} did not settle)")
-            ax.hist(p[np.isfinite(p)], bins=bins, alpha=0.6, label=f"predicted ({np.sum(~np.isfinite(p))} radius ≥ 1)")
+            ax.hist(m[np.isfinite(m)], bins=bins, alpha=0.6, label=f"measured ({unsettled} did not settle)")
+            ax.hist(p[np.isfinite(p)], bins=bins, alpha=0.6, label=f"predicted ({diverging} radius ≥ 1)")
             ax.legend(fontsize=7)
         else:  # nothing to histogram: say why rather than leave the panel blank
             ax.text(0.5, 0.5, f"no sample both settled and has radius < 1\n"
-                              f"{np.sum(~np.isfinite(m))} of {m.size} did not settle, "
-                              f"{np.sum(~np.isfinite(p))} with radius ≥ 1",
+                              f"{unsettled} of {m.size} did not settle, {diverging} with radius ≥ 1",
                     ha="center", va="center", transform=ax.transAxes)
         ax.set(xlabel=f"steps to ‖μ‖∞ < {ds.attrs.get('convergence_tol', '')} (× dt = {dt:g} τ)", ylabel="samples",
                title="convergence: measured vs ⌈log(tol/r0)/log ρ(M)⌉")
