@@ -95,6 +95,9 @@ CENTERED = GAUSS_SEIDEL + ["phases.t_eval=60", "learning.nudging=centered", "lea
                                        "phases.t_eval=120", "data.shift=1", "training.epochs=50"],
      "784-512-512-512-10_gauss_seidel_shift1"),
     ("mnist_cnn_fast.toml", ["training.epochs=20"], "cnn_fast"),
+    ("mnist_cnn_fast.toml", ["training.epochs=20", "learning.homeostasis=0.01", "data.shift=1"],
+     "cnn_homeostasis_shift1"),
+    ("fashion-mnist_cnn.toml", ["training.epochs=20", "learning.homeostasis=0.01"], "fashion_mnist/cnn_homeostasis"),
     ("fashion-mnist_784-512-512-10.toml", ["phases.t_nudged=5", "learning.homeostasis=0", "training.epochs=30"],
      "fashion_mnist/784-512-512-10_gauss_seidel"),
     ("fashion-mnist_784-512-512-10.toml", ["learning.homeostasis=0", "training.epochs=60"],
@@ -175,6 +178,14 @@ def test_alternating_layers_needs_the_euler_solver():
     assert build_solver(card) == ctgep.Euler(dt=1.0, precondition=True, alternate=True)
     with pytest.raises(CardError, match="phases.alternate"):
         load_card("digits", overrides=["phases.alternate=true", "phases.solver=dopri5"])
+
+
+def test_backtracking_needs_the_euler_solver():
+    card = load_card("digits", overrides=["phases.backtrack=true", "phases.alternate=true",
+                                          "phases.precondition=true", "phases.dt=1"])
+    assert build_solver(card) == ctgep.Euler(dt=1.0, precondition=True, alternate=True, backtrack=True)
+    with pytest.raises(CardError, match="phases.backtrack"):
+        load_card("digits", overrides=["phases.backtrack=true", "phases.solver=tsit5"])
 
 
 def test_missing_malformed_and_unknown_key_cards(tmp_path):

@@ -331,3 +331,8 @@ def test_nonconverged_warning_line():
     assert line.startswith("warning: epoch 3:") and "100.00% of the nudged phases" in line
     assert "horizon_reached 75.00%" in line and "nonfinite_state 25.00%" in line and "free" not in line
     assert nonconverged_warning(dict(row, nudged_nonconverged=0.01), 0.05) == ""
+    # An Euler card is pointed at the stability analysis and the backtracking step.
+    card = ctgep.load_card("digits", overrides=["phases.solver=euler"])
+    assert "phases.backtrack = true" in nonconverged_warning(row, 0.05, card)
+    card = ctgep.load_card("digits", overrides=["phases.solver=euler", "phases.backtrack=true"])
+    assert "backtrack" not in nonconverged_warning(row, 0.05, card)

@@ -97,6 +97,35 @@ def test_preconditioned_euler_reaches_the_same_nudged_fixed_point_in_fewer_steps
     assert float(jacobi.residual.max()) < 1e-10
 
 
+def test_backtracking_settles_an_iteration_that_flips_at_the_same_fixed_point(x64):
+    """Plain Euler at dt = 1 flips the nudged outputs forever (factor −1 at β = 1); halving a
+    sample's step whenever its residual stops falling settles every sample, at the fixed point
+    of the ODE (a positive step does not move it)."""
+    net, x, y = _hard_sigmoid_problem()
+    free = ctgep.free_phase(net, x, solver=ctgep.Euler(dt=0.5), t_max=500.0, tol=1e-12)
+    ref = ctgep.nudged_phase(net, x, y, free, beta=1.0, solver=ctgep.Euler(dt=0.5), t_max=2000.0, tol=1e-13)
+    flips = ctgep.nudged_phase(net, x, y, free, beta=1.0, solver=ctgep.Euler(dt=1.0), t_max=300.0, tol=1e-10)
+    damped = ctgep.nudged_phase(net, x, y, free, beta=1.0, solver=ctgep.Euler(dt=1.0, backtrack=True),
+                                t_max=300.0, tol=1e-10)
+    assert not bool(flips.converged.any())
+    assert bool(damped.converged.all())
+    for a, b in zip(damped.state, ref.state):
+        np.testing.assert_allclose(a, b, atol=1e-8)
+
+
+def test_backtracking_leaves_a_converging_iteration_alone(x64):
+    """Block Gauss–Seidel on this draw converges (its residual dips and rises by a step at
+    times, never over two): the backtracking step takes the same steps, to rounding."""
+    net, x, y = _hard_sigmoid_problem()
+    gs = dict(dt=1.0, precondition=True, alternate=True)
+    plain = ctgep.free_phase(net, x, solver=ctgep.Euler(**gs), t_max=100.0, tol=1e-10)
+    safe = ctgep.free_phase(net, x, solver=ctgep.Euler(**gs, backtrack=True), t_max=100.0, tol=1e-10)
+    assert bool(plain.converged.all())
+    np.testing.assert_array_equal(plain.steps, safe.steps)
+    for a, b in zip(plain.state, safe.state):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-14)
+
+
 def test_preconditioning_leaves_the_free_phase_and_negative_nudges_alone(x64):
     """Without a nudge (free phase) or with β < 0 (centered nudging's second phase) no unit is
     stiffer than its leak, so the preconditioned scheme takes exactly the plain steps."""

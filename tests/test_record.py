@@ -59,7 +59,7 @@ def test_dims_coords_attrs(problem, euler_record):
     assert model["class"] == "LayeredNetwork" and model["sizes"] == [5, 4, 3, 2]
     assert model["parameters"]["Wf_1"] == [4, 5] and model["parameters"]["b_3"] == [2]
     assert ctgep.record_settings(ds)["solver"] == {"kind": "euler", "dt": 0.5, "clip": True, "precondition": False,
-                                                  "alternate": False}
+                                                  "alternate": False, "backtrack": False}
     assert ctgep.record_settings(ds)["sampling"] == {"kind": "steps", "every": 3}
     # nudged-only quantities are NaN in the free phase; the error starts at zero
     assert np.all(np.isnan(ds.error.sel(phase="free")))

@@ -147,11 +147,12 @@ def test_the_clipped_scheme_names_its_residual(small):
 
 def test_every_solver_describes_itself():
     assert ctgep.Euler(dt=1.0, precondition=True).describe() == {
-        "kind": "euler", "dt": 1.0, "clip": True, "precondition": True, "alternate": False}
+        "kind": "euler", "dt": 1.0, "clip": True, "precondition": True, "alternate": False, "backtrack": False}
     assert ctgep.Adaptive(diffrax.Dopri5()).describe()["solver"] == "Dopri5"
 
 
-@pytest.mark.parametrize("solver", [ctgep.Euler(dt=0.5), ctgep.Euler(dt=1.0, precondition=True, alternate=True)])
+@pytest.mark.parametrize("solver", [ctgep.Euler(dt=0.5), ctgep.Euler(dt=1.0, precondition=True, alternate=True),
+                                    ctgep.Euler(dt=1.0, backtrack=True)])
 def test_the_stored_integrated_path_equals_the_per_step_vjps(small, solver, monkeypatch):
     """The fast path (moves stored, one VJP at the end) is the same sum as one VJP per move."""
     from ctgep._simulation import solver as solver_module

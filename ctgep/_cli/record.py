@@ -68,6 +68,8 @@ def register(subparsers) -> None:
                    help="Euler: divide each unit's step by its nudged leak 1 + β (default: the card's)")
     p.add_argument("--alternate", action="store_true",
                    help="Euler: update the odd layers, then the even ones, in each step (default: the card's)")
+    p.add_argument("--backtrack", action="store_true",
+                   help="Euler: halve a sample's step after any step that did not lower its residual (default: the card's)")
     p.add_argument("--t-free", type=float, default=50.0, help="free-phase horizon (default 50)")
     p.add_argument("--t-nudged", type=float, default=50.0, help="nudged-phase horizon (default 50)")
     p.add_argument("--tol", type=float, default=1e-4, help="steady-state tolerance on ‖μ‖∞ (default 1e-4)")
@@ -220,6 +222,7 @@ def _run(args) -> int:
     from .._observation.plots import save_figures
     from .._observation.record import record
     from .._observation.record_io import error_arrival_times
+    from .._experiment.cards import EULER_OPTIONS
     from .._simulation.solvers import Euler, get_solver
 
     net, card, what = _network(args)
@@ -228,11 +231,10 @@ def _run(args) -> int:
     solver_name = args.solver or "tsit5"
     if solver_name == "euler":
         dt = args.dt if args.dt is not None else (phases.dt if phases is not None else 0.5)
-        pre = args.precondition or (phases is not None and phases.precondition)
-        alt = args.alternate or (phases is not None and phases.alternate)
-        solver = Euler(dt=float(dt), precondition=bool(pre), alternate=bool(alt))
+        options = {key: getattr(args, key) or (phases is not None and getattr(phases, key)) for key in EULER_OPTIONS}
+        solver = Euler(dt=float(dt), **{k: bool(v) for k, v in options.items()})
     else:
-        for flag, effect in (("precondition", "scales the Euler step"), ("alternate", "orders the Euler step's layer updates")):
+        for flag, effect in EULER_OPTIONS.items():
             if getattr(args, flag):
                 raise ValueError(f"--{flag} {effect}; add --solver euler")
         solver = get_solver(solver_name)

@@ -109,11 +109,10 @@ def _network(args):
 
 
 def _solver(card):
-    import ctgep
+    """The card's Euler iteration (dt 0.5 with the card's options for an adaptive-solver card)."""
+    from .._experiment.build import card_euler
 
-    p = card.phases
-    dt = float(p.dt) if p.solver == "euler" else 0.5
-    return ctgep.Euler(dt=dt, precondition=bool(p.precondition), alternate=bool(p.alternate))
+    return card_euler(card, dt=None if card.phases.solver == "euler" else 0.5)
 
 
 def _data(card, args):
@@ -154,7 +153,7 @@ def run(args) -> int:
     tol = float(args.tol if args.tol is not None else card.phases.tol)
     if log:
         log(f"analysing the {what}: {args.samples} test examples, {args.inits} initial states each, "
-            f"iteration Euler(dt={solver.dt:g}, precondition={solver.precondition}, alternate={solver.alternate})")
+            f"iteration {solver.name}, dt={solver.dt:g}")
     x = jnp.asarray(x)
     y = jax.nn.one_hot(jnp.asarray(labels), card.model.sizes[-1], dtype=x.dtype)
     ds = S.analyse(net, x, y if args.descent_batches > 0 else None, solver=solver, inits=args.inits,

@@ -28,7 +28,7 @@ from .._simulation.results import RESULTS
 from .._simulation.solvers import Euler, get_solver
 from .augment import shift_images
 from . import parallel
-from .cards import Card
+from .cards import EULER_OPTIONS, Card
 
 __all__ = ["TrainingStep", "build_network", "build_optimizer", "build_solver", "build_training_step",
            "error_rate", "initial_network", "run_keys"]
@@ -76,8 +76,16 @@ def build_solver(card: Card):
     """The phase solver the card names (Euler with its step and options, or an adaptive one)."""
     p = card.phases
     if p.solver == "euler":
-        return Euler(dt=float(p.dt), precondition=bool(p.precondition), alternate=bool(p.alternate))
+        return card_euler(card)
     return get_solver(p.solver)
+
+
+def card_euler(card: Card, dt: float | None = None, **options) -> Euler:
+    """The card's Euler iteration (its step `dt` unless given, and its `phases` options), with
+    any option overridden by `options` (e.g. `backtrack=True`)."""
+    p = card.phases
+    kw = {key: bool(getattr(p, key)) for key in EULER_OPTIONS} | {k: bool(v) for k, v in options.items()}
+    return Euler(dt=float(p.dt if dt is None else dt), **kw)
 
 
 def _param_labels(params):

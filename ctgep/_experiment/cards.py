@@ -73,6 +73,10 @@ class PhasesSection:
     # (red–black order; with precondition and dt = 1, block Gauss–Seidel). Same fixed point and
     # cost per step; settles in about half the steps of the all-at-once update.
     alternate: bool = False
+    # Euler only: halve a sample's step (down to dt/16) after any step that did not lower its
+    # residual ‖μ‖∞, within each phase. Same fixed point; a safeguard for an iteration that would
+    # flip or grow (an eigenvalue outside the unit circle, `ctgep stability`) while the ODE settles.
+    backtrack: bool = False
     t_free: float = 20.0
     t_nudged: float = 5.0
     tol: float = 1e-3
@@ -158,6 +162,9 @@ SECTIONS = {
     "training": TrainingSection,
     "data": DataSection,
 }
+# The Euler step's options (phases.<key>), and what each does, for the one-line errors.
+EULER_OPTIONS = {"precondition": "scales the Euler step", "alternate": "orders the Euler step's layer updates",
+                 "backtrack": "damps the Euler step per sample"}
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "cosine")
 
@@ -307,7 +314,7 @@ def validate(card: Card) -> None:
         raise CardError(f"phases.solver={p.solver!r} is unknown; choose one of {sorted(SOLVERS)}")
     for key in ("dt", "t_free", "t_nudged", "tol"):
         _positive(getattr(p, key), f"phases.{key}")
-    for key, what in (("precondition", "scales the Euler step"), ("alternate", "orders the Euler step's layer updates")):
+    for key, what in EULER_OPTIONS.items():
         if getattr(p, key) and p.solver != "euler":
             raise CardError(f"phases.{key} {what}; phases.solver={p.solver!r} adapts its own step: "
                             f"use solver = 'euler' or {key} = false")

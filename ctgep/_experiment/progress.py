@@ -122,8 +122,12 @@ def nonconverged_warning(row: dict, threshold: float, card=None) -> str:
     if not parts:
         return ""
     tol = f"tolerance {card.phases.tol:g}; " if card is not None else ""
+    fixes = "lengthen the phases, loosen phases.tol or lower β"
+    if card is not None and card.phases.solver == "euler" and not card.phases.backtrack:
+        fixes += ("; if `ctgep stability` finds the Euler iteration's radius ≥ 1 (it flips while "
+                  "the ODE settles), set phases.backtrack = true")
     return (f"warning: epoch {row['epoch']}: " + "; ".join(parts) + f" ({tol}the EP update then "
-            "uses unsettled states: lengthen the phases, loosen phases.tol or lower β)")
+            f"uses unsettled states: {fixes})")
 
 
 def _fmt(x) -> str:

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from .problem import PhaseProblem
 from .solver import AbstractStepper
 
+BACKTRACK_FLOOR = 1 / 16  # the smallest step factor `backtrack` halves down to
 
 class Euler(AbstractStepper, strict=True):
     """The paper's forward Euler relaxation `s ← 0 ∨ (s + ε μ^β) ∧ 1` (Eq. 58–59).
@@ -32,12 +33,23 @@ class Euler(AbstractStepper, strict=True):
     half a step more for the test of every layer's μ), and information crosses two layers per
     step instead of one. With `precondition=True, dt=1` this is block Gauss–Seidel: each layer
     jumps to its own fixed point given its neighbours.
+
+    With `backtrack=True` each sample's step is halved (down to `dt/16`) whenever its residual
+    `‖μ‖∞` is not below that of two steps earlier (one step is too short a window: a converging
+    but non-normal iteration's residual can rise for a step): a safeguard for an iteration whose matrix has an
+    eigenvalue outside the unit circle although the ODE's fixed point is stable (e.g. a real
+    eigenvalue below −1 of block Gauss–Seidel at dt = 1, which then flips between two states;
+    `ctgep stability` measures that radius). A positive per-sample step leaves the fixed point,
+    and so what EP learns from, unchanged; a step that keeps lowering the residual stays `dt`.
+    The step factor starts at 1 in every phase. Times (`k · dt`) then count steps, not the
+    shorter time a damped sample moved.
     """
 
     dt: float = 0.5
     clip: bool = True
     precondition: bool = False
     alternate: bool = False
+    backtrack: bool = False
 
     @property
     def residual_kind(self) -> str:
@@ -51,11 +63,18 @@ class Euler(AbstractStepper, strict=True):
     def name(self) -> str:
         """The iteration this is: Euler, alternating Euler, Jacobi or block Gauss–Seidel."""
         if self.precondition:
-            return "block Gauss–Seidel" if self.alternate else "Jacobi"
-        return "alternating Euler" if self.alternate else "Euler"
+            name = "block Gauss–Seidel" if self.alternate else "Jacobi"
+        else:
+            name = "alternating Euler" if self.alternate else "Euler"
+        return name + " (backtracking)" if self.backtrack else name
+
+    @property
+    def adapts(self) -> bool:
+        return self.backtrack
 
     def linear_sweep(self, problem, s):
-        steps = self.prepare(problem, s)
+        """The undamped step (factor 1): with `backtrack`, the iteration it safeguards."""
+        steps = self._unit_steps(problem, s)
         h = tuple(jnp.broadcast_to(st, a.shape).astype(a.dtype) for st, a in zip(steps, s))
         bounds = self.bounds(problem.net)
         if bounds is None:
@@ -65,6 +84,33 @@ class Euler(AbstractStepper, strict=True):
         return h, free, self._groups(len(s))
 
     def prepare(self, problem: PhaseProblem, s0):
+        """Each layer's step (:meth:`_unit_steps`); with `backtrack` also each sample's step
+        factor (1) and last two residuals (∞), which :meth:`adapt` updates along the phase."""
+        steps = self._unit_steps(problem, s0)
+        if not self.backtrack:
+            return steps
+        batch, dtype = s0[0].shape[0], s0[0].dtype
+        never = jnp.full((batch,), jnp.inf, dtype)
+        return steps, jnp.ones((batch, 1), dtype), (never, never)
+
+    def adapt(self, prepared, residual):
+        """Halve the step factor of every sample whose residual is not below that of two steps
+        before."""
+        if not self.backtrack:
+            return prepared
+        steps, factor, (last, before) = prepared
+        stalled = (residual >= before)[:, None]
+        factor = jnp.where(stalled, jnp.maximum(factor / 2, BACKTRACK_FLOOR), factor)
+        return steps, factor.astype(last.dtype), (residual.astype(last.dtype), last)
+
+    def _steps(self, prepared):
+        """The per-layer steps in force: the unit steps times each sample's factor."""
+        if not self.backtrack:
+            return prepared
+        steps, factor, _ = prepared
+        return tuple(h * factor for h in steps)
+
+    def _unit_steps(self, problem: PhaseProblem, s0):
         """Each layer's step: `ε`, or `ε / max(1, 1 + β ∂²C/∂s_i²)` per unit when preconditioned.
 
         The cost's curvature is its Hessian-vector product with ones at the phase's initial
@@ -84,8 +130,9 @@ class Euler(AbstractStepper, strict=True):
             out.append((dt / jnp.maximum(leak, 1.0)).astype(c.dtype))
         return tuple(out)
 
-    def field(self, problem, steps, params, s):
+    def field(self, problem, prepared, params, s):
         """The clipped scheme's effective field `(clip(s + h μ, lo, hi) − s) / h` (Eq. 59)."""
+        steps = self._steps(prepared)
         mu = problem.field(params, s)
         bounds = problem.net.state_bounds if self.clip else None
         if bounds is None:
@@ -102,14 +149,15 @@ class Euler(AbstractStepper, strict=True):
     def move_layers(self, n_layers: int):
         return self._groups(n_layers)
 
-    def step(self, problem, steps, params, s, mu):
+    def step(self, problem, prepared, params, s, mu):
         """Each group of layers moves by `h · μ` in turn, μ re-evaluated on the state the
         previous group left (for the layered net a group's μ needs only the other group's
         rates, so an alternating step costs the products of one synchronous step)."""
+        steps = self._steps(prepared)
         moves = []
         for i, group in enumerate(self._groups(len(s))):
             if i > 0:
-                mu = self.field(problem, steps, params, s)
+                mu = self.field(problem, prepared, params, s)
             ds = tuple(h * m if l in group else jnp.zeros_like(m) for l, (h, m) in enumerate(zip(steps, mu)))
             moves.append((s, ds))
             s = tuple(a + d if l in group else a for l, (a, d) in enumerate(zip(s, ds)))

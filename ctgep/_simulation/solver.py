@@ -111,6 +111,17 @@ class AbstractStepper(AbstractPhaseSolver):
         """The field stepped along and tested for steady state (default: `μ^β` itself)."""
         return problem.field(params, s)
 
+    @property
+    def adapts(self) -> bool:
+        """Whether :meth:`adapt` changes `prepared` along the phase (the loop then measures every
+        sample's residual at every step, with or without a steady-state stop)."""
+        return False
+
+    def adapt(self, prepared, residual: Array):
+        """`prepared` for the next step, given every sample's residual `‖field(s)‖∞` at the
+        state about to be stepped from (default: unchanged). Runs before :meth:`step`."""
+        return prepared
+
     @abc.abstractmethod
     def step(self, problem: PhaseProblem, prepared, params, s: State, mu: State):
         """One step from `s`, where `mu = field(s)`. Returns `(s_next, moves)`, `moves` a list of
@@ -142,9 +153,9 @@ class AbstractStepper(AbstractPhaseSolver):
     def relax(self, problem, s0, *, t_max, tol, stop, observer=None):
         dt = float(self.dt)
         n_steps = max(int(math.ceil(t_max / dt - 1e-9)), 0)
-        prepared = self.prepare(problem, s0)
+        prepared0 = self.prepare(problem, s0)
         synapses = problem.synapses
-        field = lambda p, s: self.field(problem, prepared, p, s)
+        field = lambda prepared, p, s: self.field(problem, prepared, p, s)
         rec = _Recorder(observer, n_steps, dt) if observer is not None else None
 
         # The integrated rule adds up `(∂μ/∂θ)ᵀ(u) ds` over the moves. Its parameters are fixed in
@@ -154,20 +165,23 @@ class AbstractStepper(AbstractPhaseSolver):
         # falls back to adding per step.
         store = False
         if synapses == "integrate" and rec is None:  # a recorder reads the running integral
-            n_moves = len(jax.eval_shape(lambda: self.step(problem, prepared, problem.params, s0, s0))[1])
+            n_moves = len(jax.eval_shape(lambda: self.step(problem, prepared0, problem.params, s0, s0))[1])
             store = _store_fits(s0, n_steps * n_moves)
 
         # μ is evaluated once per step inside the body, so the step, the projection and the
         # residual fuse with the products. With `stop`, a step whose state already has
         # ‖μ‖∞ < tol for every sample is not taken: the phase ends on the first settled state.
         def body(carry):
-            k, s, res, done, acc, p, log = carry
-            mu = field(p, s)
-            if stop:  # a non-finite sample (flagged at the end) does not hold the others
+            k, s, res, done, acc, p, log, prepared = carry
+            mu = field(prepared, p, s)
+            if stop or self.adapts:
                 res = F.residual(mu)
+            if stop:  # a non-finite sample (flagged at the end) does not hold the others
                 done = jnp.max(F.finite_or_zero(res)) < tol
             if rec is not None:
                 log = rec.maybe_write(log, k, s, mu, acc)
+            if self.adapts:
+                prepared = self.adapt(prepared, res)
             s_new, moves = self.step(problem, prepared, p, s, mu)
             if stop:
                 s_new = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), s, s_new)
@@ -183,22 +197,23 @@ class AbstractStepper(AbstractPhaseSolver):
                     acc = jax.tree_util.tree_map(jnp.add, acc, g)
                     if synapses == "continual":
                         p = problem.move_weights(p, g)
-            return k + (~done).astype(k.dtype), s_new, res, done, acc, p, log
+            return k + (~done).astype(k.dtype), s_new, res, done, acc, p, log, prepared
 
         z0 = problem.initial(s0)
         res0 = jnp.full_like(F.residual(s0), jnp.inf)
-        log0 = rec.init(problem, field, z0) if rec is not None else None
+        log0 = rec.init(problem, lambda p, s: field(prepared0, p, s), z0) if rec is not None else None
         acc0 = z0.get("acc")
         if store:  # (states, increments) of every move, zero where no step was taken
             acc0 = tuple(tuple(jnp.zeros((n_steps * n_moves,) + a.shape, a.dtype) for a in s0) for _ in range(2))
-        carry = (jnp.asarray(0), s0, res0, jnp.asarray(False), acc0, problem.weights(z0), log0)
+        carry = (jnp.asarray(0), s0, res0, jnp.asarray(False), acc0, problem.weights(z0), log0, prepared0)
         if stop:
             carry = jax.lax.while_loop(lambda c: (c[0] < n_steps) & ~c[3], body, carry)
         else:
             # Not unrolled: unrolling by two helps on one core (+8 % at batch 20) but costs 14 %
             # on both cores of a 2-core Xeon, where XLA overlaps the products of one step.
             carry = jax.lax.fori_loop(0, n_steps, lambda _, c: body(c), carry)
-        k, s, res, done, acc, p, log = carry
+        k, s, res, done, acc, p, log, prepared = carry
+        field = lambda p, s: self.field(problem, prepared, p, s)  # with the steps in force at the end
         if store:
             acc = _trajectory_synapses(problem, *acc, n_moves=n_moves, groups=self.move_layers(len(s0)))
         if rec is None:

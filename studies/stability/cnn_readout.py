@@ -3,10 +3,11 @@
 When the block Gauss–Seidel iteration matrix has an eigenvalue below −1 (`ctgep stability`
 reports its radius), the card's dt = 1 readout flips between two states instead of settling,
 although the ODE's fixed point is stable. Halving the step maps those eigenvalues inside the
-unit circle. This prints, for the first `--examples` test images, the error and the fraction of
-free phases that settled (‖μ‖∞ < 1e-4 at the end) under each relaxation.
+unit circle; so does halving it per sample only where the residual stops falling (`backtrack`,
+the card's horizon). This prints, for the first `--examples` test images, the error and the
+fraction of free phases that settled (‖μ‖∞ < 1e-4 at the end) under each relaxation.
 
-    python studies/stability/cnn_readout.py studies/mnist/cnn_fast --checkpoint latest --data-dir DIR --examples 2000
+    python studies/stability/cnn_readout.py studies/mnist/cnn_fast --checkpoint latest --data-dir DIR --examples 2000 [--relaxations card backtrack]
 """
 
 import argparse
@@ -22,6 +23,9 @@ RELAXATIONS = {
              lambda p: p.prediction_horizon),
     "damped": (lambda p: ctgep.Euler(dt=p.dt / 2, precondition=p.precondition, alternate=p.alternate),
                lambda p: 200 * p.dt / 2),
+    # The card's step, halved per sample whenever its residual stops falling (phases.backtrack).
+    "backtrack": (lambda p: ctgep.Euler(dt=p.dt, precondition=p.precondition, alternate=p.alternate, backtrack=True),
+                  lambda p: p.prediction_horizon),
 }
 
 
