@@ -69,7 +69,7 @@ def register(subparsers) -> None:
     p.add_argument("--alternate", action="store_true",
                    help="Euler: update the odd layers, then the even ones, in each step (default: the card's)")
     p.add_argument("--backtrack", action="store_true",
-                   help="Euler: halve a sample's step after any step that did not lower its residual (default: the card's)")
+                   help="Euler: halve a sample's step whenever its steps stop shrinking (default: the card's)")
     p.add_argument("--t-free", type=float, default=50.0, help="free-phase horizon (default 50)")
     p.add_argument("--t-nudged", type=float, default=50.0, help="nudged-phase horizon (default 50)")
     p.add_argument("--tol", type=float, default=1e-4, help="steady-state tolerance on ‖μ‖∞ (default 1e-4)")

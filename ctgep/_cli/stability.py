@@ -109,10 +109,12 @@ def _network(args):
 
 
 def _solver(card):
-    """The card's Euler iteration (dt 0.5 with the card's options for an adaptive-solver card)."""
+    """The card's Euler iteration (dt 0.5 with the card's options for an adaptive-solver card),
+    without backtracking: the measured steps are then those of the iteration whose radius is
+    predicted, and a radius ≥ 1 says where backtracking would step in."""
     from .._experiment.build import card_euler
 
-    return card_euler(card, dt=None if card.phases.solver == "euler" else 0.5)
+    return card_euler(card, dt=None if card.phases.solver == "euler" else 0.5, backtrack=False)
 
 
 def _data(card, args):

@@ -73,8 +73,8 @@ class PhasesSection:
     # (red–black order; with precondition and dt = 1, block Gauss–Seidel). Same fixed point and
     # cost per step; settles in about half the steps of the all-at-once update.
     alternate: bool = False
-    # Euler only: halve a sample's step (down to dt/16) after any step that did not lower its
-    # residual ‖μ‖∞, within each phase. Same fixed point; a safeguard for an iteration that would
+    # Euler only: halve a sample's step (down to dt/16) whenever its last step ‖Δs‖∞ (per unit of
+    # step) is not below that of two steps before, within each phase. Same fixed point; a safeguard for an iteration that would
     # flip or grow (an eigenvalue outside the unit circle, `ctgep stability`) while the ODE settles.
     backtrack: bool = False
     t_free: float = 20.0

@@ -5,6 +5,7 @@ speed-ups: the preconditioned step (nonlinear Jacobi at `dt = 1`) and layers upd
 import jax
 import jax.numpy as jnp
 
+from .._dynamics import field as F
 from .problem import PhaseProblem
 from .solver import AbstractStepper
 
@@ -34,9 +35,12 @@ class Euler(AbstractStepper, strict=True):
     step instead of one. With `precondition=True, dt=1` this is block Gauss–Seidel: each layer
     jumps to its own fixed point given its neighbours.
 
-    With `backtrack=True` each sample's step is halved (down to `dt/16`) whenever its residual
-    `‖μ‖∞` is not below that of two steps earlier (one step is too short a window: a converging
-    but non-normal iteration's residual can rise for a step): a safeguard for an iteration whose matrix has an
+    With `backtrack=True` each sample's step is halved (down to `dt/16`) whenever the step it
+    just took, `‖Δs‖∞` over the factor in force (the projected `‖μ‖∞` the step moved along), is
+    not below that of two steps earlier taken with the same factor (one step is too short a
+    window: a converging but non-normal iteration's steps can grow for one step); the next step
+    uses the halved factor.
+    Measuring the step taken, not `μ` at its start, costs no extra products. A safeguard for an iteration whose matrix has an
     eigenvalue outside the unit circle although the ODE's fixed point is stable (e.g. a real
     eigenvalue below −1 of block Gauss–Seidel at dt = 1, which then flips between two states;
     `ctgep stability` measures that radius). A positive per-sample step leaves the fixed point,
@@ -85,7 +89,7 @@ class Euler(AbstractStepper, strict=True):
 
     def prepare(self, problem: PhaseProblem, s0):
         """Each layer's step (:meth:`_unit_steps`); with `backtrack` also each sample's step
-        factor (1) and last two residuals (∞), which :meth:`adapt` updates along the phase."""
+        factor (1) and its last two step sizes (∞), which :meth:`adapt` updates along the phase."""
         steps = self._unit_steps(problem, s0)
         if not self.backtrack:
             return steps
@@ -93,15 +97,20 @@ class Euler(AbstractStepper, strict=True):
         never = jnp.full((batch,), jnp.inf, dtype)
         return steps, jnp.ones((batch, 1), dtype), (never, never)
 
-    def adapt(self, prepared, residual):
-        """Halve the step factor of every sample whose residual is not below that of two steps
-        before."""
+    def adapt(self, prepared, s, s_next):
+        """Halve the step factor of every sample whose step `‖s_next − s‖∞ / factor` is not
+        below that of two steps before."""
         if not self.backtrack:
             return prepared
         steps, factor, (last, before) = prepared
-        stalled = (residual >= before)[:, None]
-        factor = jnp.where(stalled, jnp.maximum(factor / 2, BACKTRACK_FLOOR), factor)
-        return steps, factor.astype(last.dtype), (residual.astype(last.dtype), last)
+        size = F.residual(tuple(b - a for a, b in zip(s, s_next))) / factor[:, 0]
+        stalled = size >= before
+        factor = jnp.where(stalled[:, None], jnp.maximum(factor / 2, BACKTRACK_FLOOR), factor)
+        # Compare only steps taken with one factor: a halving starts the history afresh (else the
+        # step already under way when the growth showed would halve the factor a second time).
+        never = jnp.full_like(last, jnp.inf)
+        history = (jnp.where(stalled, never, size.astype(last.dtype)), jnp.where(stalled, never, last))
+        return steps, factor.astype(last.dtype), history
 
     def _steps(self, prepared):
         """The per-layer steps in force: the unit steps times each sample's factor."""

@@ -113,13 +113,12 @@ class AbstractStepper(AbstractPhaseSolver):
 
     @property
     def adapts(self) -> bool:
-        """Whether :meth:`adapt` changes `prepared` along the phase (the loop then measures every
-        sample's residual at every step, with or without a steady-state stop)."""
+        """Whether :meth:`adapt` changes `prepared` along the phase."""
         return False
 
-    def adapt(self, prepared, residual: Array):
-        """`prepared` for the next step, given every sample's residual `‖field(s)‖∞` at the
-        state about to be stepped from (default: unchanged). Runs before :meth:`step`."""
+    def adapt(self, prepared, s: State, s_next: State):
+        """`prepared` for the next step, given the step just taken from `s` to `s_next`
+        (default: unchanged). Runs after every :meth:`step` when :attr:`adapts`."""
         return prepared
 
     @abc.abstractmethod
@@ -174,15 +173,14 @@ class AbstractStepper(AbstractPhaseSolver):
         def body(carry):
             k, s, res, done, acc, p, log, prepared = carry
             mu = field(prepared, p, s)
-            if stop or self.adapts:
-                res = F.residual(mu)
             if stop:  # a non-finite sample (flagged at the end) does not hold the others
+                res = F.residual(mu)
                 done = jnp.max(F.finite_or_zero(res)) < tol
             if rec is not None:
                 log = rec.maybe_write(log, k, s, mu, acc)
-            if self.adapts:
-                prepared = self.adapt(prepared, res)
             s_new, moves = self.step(problem, prepared, p, s, mu)
+            if self.adapts:
+                prepared = self.adapt(prepared, s, s_new)
             if stop:
                 s_new = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), s, s_new)
             if synapses != "none":

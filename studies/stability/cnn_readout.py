@@ -3,7 +3,7 @@
 When the block Gauss–Seidel iteration matrix has an eigenvalue below −1 (`ctgep stability`
 reports its radius), the card's dt = 1 readout flips between two states instead of settling,
 although the ODE's fixed point is stable. Halving the step maps those eigenvalues inside the
-unit circle; so does halving it per sample only where the residual stops falling (`backtrack`,
+unit circle; so does halving it per sample only where its steps stop shrinking (`backtrack`,
 the card's horizon). This prints, for the first `--examples` test images, the error and the
 fraction of free phases that settled (‖μ‖∞ < 1e-4 at the end) under each relaxation.
 
@@ -23,7 +23,7 @@ RELAXATIONS = {
              lambda p: p.prediction_horizon),
     "damped": (lambda p: ctgep.Euler(dt=p.dt / 2, precondition=p.precondition, alternate=p.alternate),
                lambda p: 200 * p.dt / 2),
-    # The card's step, halved per sample whenever its residual stops falling (phases.backtrack).
+    # The card's step, halved per sample whenever its steps stop shrinking (phases.backtrack).
     "backtrack": (lambda p: ctgep.Euler(dt=p.dt, precondition=p.precondition, alternate=p.alternate, backtrack=True),
                   lambda p: p.prediction_horizon),
 }
