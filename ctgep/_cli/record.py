@@ -231,8 +231,8 @@ def _run(args) -> int:
     solver_name = args.solver or "tsit5"
     if solver_name == "euler":
         dt = args.dt if args.dt is not None else (phases.dt if phases is not None else 0.5)
-        options = {key: getattr(args, key) or (phases is not None and getattr(phases, key)) for key in EULER_OPTIONS}
-        solver = Euler(dt=float(dt), **{k: bool(v) for k, v in options.items()})
+        solver = Euler(dt=float(dt), **{key: bool(getattr(args, key) or (phases is not None and getattr(phases, key)))
+                                        for key in EULER_OPTIONS})
     else:
         for flag, effect in EULER_OPTIONS.items():
             if getattr(args, flag):

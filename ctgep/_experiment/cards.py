@@ -74,8 +74,9 @@ class PhasesSection:
     # cost per step; settles in about half the steps of the all-at-once update.
     alternate: bool = False
     # Euler only: halve a sample's step (down to dt/16) whenever its last step ‖Δs‖∞ (per unit of
-    # step) is not below that of two steps before, within each phase. Same fixed point; a safeguard for an iteration that would
-    # flip or grow (an eigenvalue outside the unit circle, `ctgep stability`) while the ODE settles.
+    # step) is not below that of two steps before, within each phase. Same fixed point; a
+    # safeguard for an iteration that would flip or grow (an eigenvalue outside the unit circle,
+    # `ctgep stability`) while the ODE settles.
     backtrack: bool = False
     t_free: float = 20.0
     t_nudged: float = 5.0

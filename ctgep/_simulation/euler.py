@@ -11,6 +11,7 @@ from .solver import AbstractStepper
 
 BACKTRACK_FLOOR = 1 / 16  # the smallest step factor `backtrack` halves down to
 
+
 class Euler(AbstractStepper, strict=True):
     """The paper's forward Euler relaxation `s ← 0 ∨ (s + ε μ^β) ∧ 1` (Eq. 58–59).
 
@@ -39,14 +40,13 @@ class Euler(AbstractStepper, strict=True):
     just took, `‖Δs‖∞` over the factor in force (the projected `‖μ‖∞` the step moved along), is
     not below that of two steps earlier taken with the same factor (one step is too short a
     window: a converging but non-normal iteration's steps can grow for one step); the next step
-    uses the halved factor.
-    Measuring the step taken, not `μ` at its start, costs no extra products. A safeguard for an iteration whose matrix has an
-    eigenvalue outside the unit circle although the ODE's fixed point is stable (e.g. a real
-    eigenvalue below −1 of block Gauss–Seidel at dt = 1, which then flips between two states;
-    `ctgep stability` measures that radius). A positive per-sample step leaves the fixed point,
-    and so what EP learns from, unchanged; a step that keeps lowering the residual stays `dt`.
-    The step factor starts at 1 in every phase. Times (`k · dt`) then count steps, not the
-    shorter time a damped sample moved.
+    uses the halved factor. Measuring the step taken, not `μ` at its start, costs no extra
+    products. It guards an iteration whose matrix has an eigenvalue outside the unit circle
+    although the ODE's fixed point is stable (e.g. a real eigenvalue below −1 of block
+    Gauss–Seidel at dt = 1, which then flips between two states; `ctgep stability` measures that
+    radius). A positive per-sample step leaves the fixed point, and so what EP learns from,
+    unchanged; a sample whose steps keep shrinking keeps `dt`. The factor starts at 1 in every
+    phase; times (`k · dt`) then count steps, not the shorter time a damped sample moved.
     """
 
     dt: float = 0.5
@@ -110,7 +110,7 @@ class Euler(AbstractStepper, strict=True):
         # step already under way when the growth showed would halve the factor a second time).
         never = jnp.full_like(last, jnp.inf)
         history = (jnp.where(stalled, never, size.astype(last.dtype)), jnp.where(stalled, never, last))
-        return steps, factor.astype(last.dtype), history
+        return steps, factor, history
 
     def _steps(self, prepared):
         """The per-layer steps in force: the unit steps times each sample's factor."""

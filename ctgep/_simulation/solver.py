@@ -152,9 +152,8 @@ class AbstractStepper(AbstractPhaseSolver):
     def relax(self, problem, s0, *, t_max, tol, stop, observer=None):
         dt = float(self.dt)
         n_steps = max(int(math.ceil(t_max / dt - 1e-9)), 0)
-        prepared0 = self.prepare(problem, s0)
+        prepared0 = self.prepare(problem, s0)  # carried through the loop: `adapt` may change it
         synapses = problem.synapses
-        field = lambda prepared, p, s: self.field(problem, prepared, p, s)
         rec = _Recorder(observer, n_steps, dt) if observer is not None else None
 
         # The integrated rule adds up `(∂μ/∂θ)ᵀ(u) ds` over the moves. Its parameters are fixed in
@@ -172,17 +171,17 @@ class AbstractStepper(AbstractPhaseSolver):
         # ‖μ‖∞ < tol for every sample is not taken: the phase ends on the first settled state.
         def body(carry):
             k, s, res, done, acc, p, log, prepared = carry
-            mu = field(prepared, p, s)
+            mu = self.field(problem, prepared, p, s)
             if stop:  # a non-finite sample (flagged at the end) does not hold the others
                 res = F.residual(mu)
                 done = jnp.max(F.finite_or_zero(res)) < tol
             if rec is not None:
                 log = rec.maybe_write(log, k, s, mu, acc)
             s_new, moves = self.step(problem, prepared, p, s, mu)
-            if self.adapts:
-                prepared = self.adapt(prepared, s, s_new)
             if stop:
                 s_new = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), s, s_new)
+            if self.adapts:  # from the step actually taken (none once the phase has settled)
+                prepared = self.adapt(prepared, s, s_new)
             if synapses != "none":
                 for i, (u, ds) in enumerate(moves):
                     if stop:
@@ -199,7 +198,7 @@ class AbstractStepper(AbstractPhaseSolver):
 
         z0 = problem.initial(s0)
         res0 = jnp.full_like(F.residual(s0), jnp.inf)
-        log0 = rec.init(problem, lambda p, s: field(prepared0, p, s), z0) if rec is not None else None
+        log0 = rec.init(problem, lambda p, s: self.field(problem, prepared0, p, s), z0) if rec is not None else None
         acc0 = z0.get("acc")
         if store:  # (states, increments) of every move, zero where no step was taken
             acc0 = tuple(tuple(jnp.zeros((n_steps * n_moves,) + a.shape, a.dtype) for a in s0) for _ in range(2))
