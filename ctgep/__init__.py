@@ -64,6 +64,7 @@ _LAZY = {
     "build_solver": "._experiment.build",
     "build_training_step": "._experiment.build",
     "error_rate": "._experiment.build",
+    "predict": "._experiment.build",
     "initial_network": "._experiment.build",
     "Run": "._experiment.rundir",
     "load_run": "._experiment.rundir",

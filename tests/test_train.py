@@ -161,6 +161,30 @@ def test_weight_decay_shrinks_weights_not_biases():
         ctgep.load_card("digits", overrides=["learning.weight_decay=-1"])
 
 
+def test_evaluate_gives_the_error_per_class_and_names_a_class_never_predicted(small_data, tmp_path):
+    """`class_error` and `predicted` add up to the error rate; a class that has examples but is
+    never predicted (an output unit that never wins, e.g. a dead clipped output) is warned about."""
+    import dataclasses
+
+    quiet = dict(progress=False, log=lambda *a: None, data=small_data)
+    run = ctgep.train("digits", tmp_path / "a", overrides=SMALL + ["training.epochs=1"], **quiet)
+    ev = ctgep.evaluate(tmp_path / "a", data=small_data)
+    pred = ctgep.predict(run.net, small_data.x_test, run.card)
+    assert pred.shape == (100,) and ev["error"] == np.mean(pred != small_data.y_test)
+    assert ev["predicted"] == np.bincount(pred, minlength=10).tolist()
+    counts = np.bincount(small_data.y_test, minlength=10)
+    assert sum(e * k for e, k in zip(ev["class_error"], counts)) == pytest.approx(ev["error"] * 100)
+    # One image twenty times, labelled 0-4 in turn: one class is predicted for all of them.
+    same = dataclasses.replace(small_data, x_test=np.repeat(small_data.x_test[:1], 20, axis=0),
+                               y_test=np.arange(20) % 5)
+    with pytest.warns(UserWarning, match="never predicted on the test set"):
+        ev = ctgep.evaluate(tmp_path / "a", data=same)
+    c = int(np.argmax(ev["predicted"]))
+    assert ev["predicted"][c] == 20
+    assert ev["class_error"] == [None if k >= 5 else float(k != c) for k in range(10)]
+    assert ev["error"] == np.mean(same.y_test != c)
+
+
 def test_evaluation_horizon_t_eval(small_data, tmp_path):
     """`phases.t_eval` sets the prediction's free-phase horizon apart from training's `t_free`."""
     quiet = dict(progress=False, log=lambda *a: None)

@@ -166,4 +166,6 @@ def _evaluate(args) -> int:
         print(f"{r['run']} [{which} checkpoint, after epoch {r['epoch']}]: "
               f"{r['split']} error {100 * r['error']:.2f}% ({r['n']} examples, t_free {r['t_free']:g}), "
               f"accuracy {100 * r['accuracy']:.2f}%")
+        print("error per class: " + ", ".join(f"{c}: " + ("-" if e is None else f"{100 * e:.1f}%")
+                                              for c, e in enumerate(r["class_error"])))
     return 0

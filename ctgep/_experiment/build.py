@@ -31,7 +31,7 @@ from . import parallel
 from .cards import EULER_OPTIONS, Card
 
 __all__ = ["TrainingStep", "build_network", "build_optimizer", "build_solver", "build_training_step",
-           "error_rate", "initial_network", "run_keys"]
+           "error_rate", "initial_network", "predict", "run_keys"]
 
 # Why a phase did not settle: one count per phase and per RESULTS code other than `converged`
 # (`free_horizon_reached`, `nudged_max_steps_reached` …), so that the metrics name each cause.
@@ -157,7 +157,7 @@ class TrainingStep:
     permutation `perm` of `(x_all, y_all)` (the step's key is `fold_in(key, step)`), adding its
     figures to `stats` (see :meth:`zero_stats`). `s_rows` are the warm-start states of the
     minibatch (`free_rows` their update, else None); `augment` switches `data.shift` off without
-    a recompile. `evaluate(net, x, labels, mask)` counts the masked errors of one batch.
+    a recompile. `evaluate(net, x)` predicts the classes of one batch (see :func:`predict`).
     With `mesh` (`training.devices` > 1) `train` splits the minibatch over its devices and takes
     `x_all`, `y_all` as host (NumPy) arrays; see :mod:`ctgep._experiment.parallel`.
     """
@@ -260,10 +260,9 @@ def build_training_step(card: Card, steps_per_epoch: int = 1, *, solver=None) ->
     train_step = jax.jit(train_step) if mesh is None else _sharded_train_step(train_on, mesh, bs)
 
     @eqx.filter_jit
-    def eval_step(net, x, labels, mask):
+    def eval_step(net, x):
         r = free_phase(net, x, t_max=float(p.prediction_horizon), policy="flag", **common)
-        pred = jnp.argmax(net.output(r.state), axis=-1)
-        return jnp.sum((pred != labels) & mask)
+        return jnp.argmax(net.output(r.state), axis=-1)
 
     return TrainingStep(card, int(steps_per_epoch), optimizer, train_step, eval_step,
                         _step_config(card, steps_per_epoch), mesh)
@@ -330,21 +329,28 @@ def silent_outputs(stats) -> np.ndarray:
     return np.flatnonzero(np.asarray(stats[ACTIVE]) == 0)
 
 
-def error_rate(net, x, labels, card: Card, step: TrainingStep | None = None) -> float:
-    """Fraction of `x` misclassified at the free fixed point, in fixed-size padded batches.
+def predict(net, x, card: Card, step: TrainingStep | None = None) -> np.ndarray:
+    """The class `net` predicts for each row of `x`: the largest output at the free fixed point
+    (relaxed for the card's prediction horizon), in fixed-size padded batches of
+    `training.eval_batch_size` so that every batch reuses one compiled step.
 
     `step`: the card's :class:`TrainingStep`, to reuse its compiled evaluation (else one is built).
     """
-    eval_step = (step if step is not None else build_training_step(card)).evaluate
-    n = len(labels)
+    x = np.asarray(x, np.float32)
+    n = len(x)
     if n == 0:
-        return float("nan")
+        return np.zeros((0,), np.int32)
+    eval_step = (step if step is not None else build_training_step(card)).evaluate
     bs = min(card.training.eval_batch_size, n)
     n_batches = -(-n // bs)
-    pad = n_batches * bs - n
-    x = np.concatenate([np.asarray(x, np.float32), np.zeros((pad, x.shape[1]), np.float32)])
-    labels = np.concatenate([np.asarray(labels, np.int32), np.zeros((pad,), np.int32)])
-    mask = np.arange(n_batches * bs) < n
-    errors = [eval_step(net, x[i * bs:(i + 1) * bs], labels[i * bs:(i + 1) * bs],
-                        mask[i * bs:(i + 1) * bs]) for i in range(n_batches)]
-    return float(sum(int(e) for e in errors)) / n
+    x = np.concatenate([x, np.zeros((n_batches * bs - n, x.shape[1]), np.float32)])
+    pred = [np.asarray(eval_step(net, x[i * bs:(i + 1) * bs])) for i in range(n_batches)]
+    return np.concatenate(pred)[:n].astype(np.int32)
+
+
+def error_rate(net, x, labels, card: Card, step: TrainingStep | None = None) -> float:
+    """Fraction of `x` misclassified at the free fixed point (see :func:`predict`); NaN for no data."""
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    return float(np.mean(predict(net, x, card, step) != labels))

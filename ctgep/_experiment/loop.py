@@ -33,7 +33,7 @@ from .._observation.alignment import alignment
 from .analysis import probe_row
 from . import checkpoints, parallel, rundir
 from .build import (ACTIVE, CAUSE_STATS, STATS, TrainingStep, build_network, build_training_step, error_rate,
-                    permutation, run_keys, silent_outputs, zero_stats)
+                    permutation, predict, run_keys, silent_outputs, zero_stats)
 from .cards import Card, load_card
 from .data import Dataset, load_dataset
 from .progress import ConsoleProgress, Progress
@@ -456,9 +456,13 @@ def evaluate(run_dir, *, which: str = "latest", data=None, data_dir=None, split:
     `which`: "latest" (the final epoch) or "best" (the epoch with the lowest validation error,
     or, when the card has no validation split, the lowest *test* error). A `best` chosen on the
     test set and evaluated on it gives an optimistic error: a `UserWarning` says so, and the
-    result's `selected_on` names the split it was chosen on. `t_free` replaces the card's prediction horizon (`phases.t_eval`, else `t_free`), e.g. to
-    check that a longer relaxation does not change the prediction. `data`: a :class:`Dataset`
-    instead of the card's (as for :func:`train`).
+    result's `selected_on` names the split it was chosen on. `t_free` replaces the card's
+    prediction horizon (`phases.t_eval`, else `t_free`), e.g. to check that a longer relaxation
+    does not change the prediction. `data`: a :class:`Dataset` instead of the card's (as for
+    :func:`train`). Besides `error`, the result has `class_error` (the error on each class's
+    examples, None for a class without any) and `predicted` (how many examples were predicted
+    as each class); a class with examples that is never predicted, an output unit that never
+    wins (e.g. a dead clipped output), is warned about.
     """
     if split not in ("test", "val", "train"):
         raise UsageError(f"split={split!r} must be 'test', 'val' or 'train'")
@@ -473,10 +477,24 @@ def evaluate(run_dir, *, which: str = "latest", data=None, data_dir=None, split:
         raise UsageError("the run's card has no validation split (data.validation = 0)")
     x, y = {"test": (data.x_test, data.y_test), "val": (data.x_val, data.y_val),
             "train": (data.x_train, data.y_train)}[split]
-    err = error_rate(run.net, x, y, card)
+    y = np.asarray(y, np.int64)
+    pred = predict(run.net, x, card)
+    err = float(np.mean(pred != y)) if len(y) else float("nan")
+    # Per class: the error on its examples (None for a class without any) and how many examples
+    # were predicted as it; a class never predicted is a dead output unit.
+    n_classes = card.model.sizes[-1]
+    examples = np.bincount(y, minlength=n_classes)
+    wrong = np.bincount(y, weights=pred != y, minlength=n_classes)
     result = {"run": str(run_dir), "checkpoint": run.checkpoint["tag"], "epoch": run.checkpoint["epoch"],
               "split": split, "n": int(len(y)), "t_free": card.phases.prediction_horizon, "error": err,
-              "accuracy": 1.0 - err}
+              "accuracy": 1.0 - err,
+              "class_error": [float(w / k) if k else None for w, k in zip(wrong, examples)],
+              "predicted": [int(c) for c in np.bincount(pred, minlength=n_classes)]}
+    never = [c for c in range(n_classes) if examples[c] and not result["predicted"][c]]
+    if never:
+        warnings.warn(f"{run_dir}: class{'es' if len(never) > 1 else ''} {', '.join(map(str, never))} "
+                      f"never predicted on the {split} set (an output unit that never wins, e.g. a "
+                      "clipped output stuck at its lower bound)", UserWarning, stacklevel=2)
     if run.checkpoint["tag"] == "best":
         # Sidecars written before `selected_on` existed chose on the validation split only when
         # the card had one.
