@@ -422,6 +422,37 @@ def test_shift_epochs_train_the_last_epochs_on_plain_images():
     assert not all(np.array_equal(a, b) for a, b in zip(plain, shifted))
 
 
+
+def test_homeostasis_delay_trains_the_first_epochs_without_homeostasis():
+    """`learning.homeostasis_delay = N` switches λ on after N epochs in one compiled step: with
+    `homeostatic` off it is the step without homeostasis, to the bit; on, the step with λ."""
+    over = ["learning.homeostasis=0.5"]
+    cards = {"off": ctgep.load_card("digits"), "on": ctgep.load_card("digits", overrides=over),
+             "delayed": ctgep.load_card("digits", overrides=over + ["learning.homeostasis_delay=1"])}
+    data = load_dataset("digits")
+    x, y = jnp.asarray(data.x_train[:40], jnp.float32), jnp.asarray(data.y_train[:40], jnp.int32)
+    perm = jnp.arange(40, dtype=jnp.int32)
+
+    def step(card, **kw):
+        step = ctgep.build_training_step(card, 2)
+        net = ctgep.build_network(card, jr.key(0))
+        out = step.train(net, step.init_optimizer(net), step.zero_stats(), x, y, perm, np.int32(0),
+                         np.int32(3), jr.key(1), np.float32(card.learning.beta), **kw)
+        return jax.tree_util.tree_leaves(eqx.filter(out[0], eqx.is_array))
+
+    off, on = step(cards["off"]), step(cards["on"])
+    before, after = (step(cards["delayed"], homeostatic=np.bool_(f)) for f in (False, True))
+    assert all(np.array_equal(a, b) for a, b in zip(off, before))
+    assert all(np.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(on, after))
+    assert not all(np.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(off, on))
+
+
+def test_homeostasis_delay_needs_homeostasis():
+    with pytest.raises(ctgep.CardError, match="homeostasis_delay.*needs learning.homeostasis > 0"):
+        ctgep.load_card("digits", overrides=["learning.homeostasis_delay=2"])
+    with pytest.raises(ctgep.CardError, match="homeostasis_delay=-1"):
+        ctgep.load_card("digits", overrides=["learning.homeostasis=0.1", "learning.homeostasis_delay=-1"])
+
 @pytest.mark.slow
 def test_a_run_with_shift_epochs_switches_to_plain_images_after_them(tmp_path):
     """The trainer turns `augment` off at the epoch boundary: epoch 1 matches a run shifted
@@ -435,6 +466,21 @@ def test_a_run_with_shift_epochs_switches_to_plain_images_after_them(tmp_path):
     assert cost(first)[0] == cost(always)[0]  # epoch 1 shifted in both
     assert cost(first)[1] != cost(always)[1]  # epoch 2 plain in one
     assert "shift_epochs = 1" in (tmp_path / "first" / "card.toml").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_with_homeostasis_delay_switches_homeostasis_on_after_it(tmp_path):
+    """The trainer turns homeostasis on at the epoch boundary: epoch 1 matches a run without it,
+    epoch 2 does not."""
+    quiet = dict(progress=False, log=lambda *a: None)
+    over = ["training.epochs=2", "data.max_train=200", "data.max_test=100", "training.progress_every=1000"]
+    plain = ctgep.train("digits", tmp_path / "plain", overrides=over, **quiet)
+    later = ctgep.train("digits", tmp_path / "later", overrides=over + [
+        "learning.homeostasis=0.5", "learning.homeostasis_delay=1"], **quiet)
+    cost = lambda r: list(r.metrics.train_cost.values)
+    assert cost(later)[0] == cost(plain)[0]  # epoch 1 without homeostasis in both
+    assert cost(later)[1] != cost(plain)[1]  # epoch 2 with it in one
+    assert "homeostasis_delay = 1" in (tmp_path / "later" / "card.toml").read_text()
 
 
 # ----------------------------------------------------------------------------------------------

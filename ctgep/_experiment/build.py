@@ -153,11 +153,11 @@ class TrainingStep:
     """A card's compiled train and evaluation steps and its optimiser; build it once, reuse it.
 
     `train(net, opt_state, stats, x_all, y_all, perm, batch, step, key, beta, s_rows=None,
-    augment=True) -> (net, opt_state, stats, free_rows)` trains on minibatch `batch` of the
+    augment=True, homeostatic=True) -> (net, opt_state, stats, free_rows)` trains on minibatch `batch` of the
     permutation `perm` of `(x_all, y_all)` (the step's key is `fold_in(key, step)`), adding its
     figures to `stats` (see :meth:`zero_stats`). `s_rows` are the warm-start states of the
-    minibatch (`free_rows` their update, else None); `augment` switches `data.shift` off without
-    a recompile. `evaluate(net, x)` predicts the classes of one batch (see :func:`predict`).
+    minibatch (`free_rows` their update, else None); `augment` switches `data.shift` off and
+    `homeostatic` the homeostasis of a card with `learning.homeostasis_delay`, without a recompile. `evaluate(net, x)` predicts the classes of one batch (see :func:`predict`).
     With `mesh` (`training.devices` > 1) `train` splits the minibatch over its devices and takes
     `x_all`, `y_all` as host (NumPy) arrays; see :mod:`ctgep._experiment.parallel`.
     """
@@ -209,7 +209,14 @@ def build_training_step(card: Card, steps_per_epoch: int = 1, *, solver=None) ->
     bs = card.training.batch_size
     shift = int(card.data.shift)
 
-    def train_on(net, opt_state, accum, x, labels, step_key, beta, s_rows, augment):
+    def homeostasis(homeostatic, dtype):
+        # A static λ, unless `learning.homeostasis_delay` switches it on later: then a traced one
+        # (ep_step skips the penalty's gradient while it is 0), so the epochs share one compile.
+        if not l.homeostasis_delay:
+            return float(l.homeostasis)
+        return jnp.where(homeostatic, l.homeostasis, 0.0).astype(dtype)
+
+    def train_on(net, opt_state, accum, x, labels, step_key, beta, s_rows, augment, homeostatic):
         # One minibatch `x` (the global one when it is sharded over devices).
         if shift:  # `augment` (traced) turns the shift off in the last epochs without a recompile
             x = jnp.where(augment, shift_images(jr.fold_in(step_key, 1), x, shift), x)
@@ -218,7 +225,7 @@ def build_training_step(card: Card, steps_per_epoch: int = 1, *, solver=None) ->
         r = ep_step(net, x, y, beta=beta, rule=l.rule, nudging=l.nudging, key=step_key,
                     t_free=float(p.t_free), t_nudged=float(p.t_nudged), s_init=s_init,
                     eta=float(l.eta) if l.rule == "continual" else None, policy="flag",
-                    homeostasis=float(l.homeostasis), **common)
+                    homeostasis=homeostasis(homeostatic, x.dtype), **common)
         free_rows = None if s_rows is None else jnp.concatenate(r.free.state, axis=-1)
         grads = as_gradient(r.update)
         updates, opt_state = optimizer.update(grads, opt_state, trainable(net))
@@ -246,10 +253,10 @@ def build_training_step(card: Card, steps_per_epoch: int = 1, *, solver=None) ->
         return new, opt_state, accum, free_rows
 
     def train_step(net, opt_state, accum, x_all, y_all, perm, batch, step, key, beta, s_rows=None,
-                   augment=True):
+                   augment=True, homeostatic=True):
         idx = jax.lax.dynamic_slice_in_dim(perm, batch * bs, bs)
         return train_on(net, opt_state, accum, x_all[idx], y_all[idx], jr.fold_in(key, step), beta,
-                        s_rows, augment)
+                        s_rows, augment, homeostatic)
 
     # No argument is donated. Donating the parameters and optimiser state (updating them in
     # place) made the step 1.5x slower on both cores of the 2-core Xeon, 0.88 against 0.58 ms
@@ -277,29 +284,31 @@ def _sharded_train_step(train_on, mesh, bs: int) -> Callable:
     rep = NamedSharding(mesh, PartitionSpec())
     rows_on = NamedSharding(mesh, PartitionSpec(parallel.AXIS))
 
-    def sharded(net, opt_state, accum, x, labels, key_data, step, beta, s_rows, augment):
+    def sharded(net, opt_state, accum, x, labels, key_data, step, beta, s_rows, augment, homeostatic):
         x = jax.lax.with_sharding_constraint(x, rows_on)
         return train_on(net, opt_state, accum, x, labels, jr.fold_in(jr.wrap_key_data(key_data), step),
-                        beta, s_rows, augment)
+                        beta, s_rows, augment, homeostatic)
 
     sharded = jax.jit(sharded, out_shardings=rep)
-    host = {}  # the last permutation, key, β and augment flag, put on the devices once
+    host = {}  # the last permutation, key, β and flags, put on the devices once
 
     def train_step(net, opt_state, accum, x_all, y_all, perm, batch, step, key, beta, s_rows=None,
-                   augment=True):
+                   augment=True, homeostatic=True):
         if host.get("perm") is not perm:
             host.update(perm=perm, order=np.asarray(perm))
         if host.get("key") is not key:
             host.update(key=key, key_data=parallel.replicate(np.asarray(jr.key_data(key)), mesh))
-        if host.get("flags") != (float(beta), bool(augment)):
-            host.update(flags=(float(beta), bool(augment)),
-                        flag_arrays=parallel.replicate((np.float32(beta), np.bool_(augment)), mesh))
+        flags = (float(beta), bool(augment), bool(homeostatic))
+        if host.get("flags") != flags:
+            host.update(flags=flags, flag_arrays=parallel.replicate(
+                (np.float32(beta), np.bool_(augment), np.bool_(homeostatic)), mesh))
         rows = host["order"][int(batch) * bs:(int(batch) + 1) * bs]
         x, labels = parallel.shard_rows(x_all, rows, mesh), parallel.shard_rows(y_all, rows, mesh)
         s = None if s_rows is None else parallel.shard_rows(np.asarray(s_rows), None, mesh)
         net, opt_state, accum, step = parallel.replicate((net, opt_state, accum, np.int32(step)), mesh)
-        beta, augment = host["flag_arrays"]
-        return sharded(net, opt_state, accum, x, labels, host["key_data"], step, beta, s, augment)
+        beta, augment, homeostatic = host["flag_arrays"]
+        return sharded(net, opt_state, accum, x, labels, host["key_data"], step, beta, s, augment,
+                       homeostatic)
 
     return train_step
 

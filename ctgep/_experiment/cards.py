@@ -116,6 +116,9 @@ class LearningSection:
     # Jacobian homeostasis (Laborieux & Zenke 2024): subtract λ ∂P/∂θ from the EP update, P the
     # asymmetry ‖Jμ ε − Jμᵀ ε‖² at the free state with a random probe ε per example (0: off).
     homeostasis: float = 0.0
+    # Epochs at the start trained without homeostasis (λ applies from epoch delay + 1; 0: from
+    # the start): a fast unaligned start, then alignment (the Fashion-MNIST CNN's question).
+    homeostasis_delay: int = 0
 
 
 @dataclasses.dataclass
@@ -339,6 +342,9 @@ def validate(card: Card) -> None:
         raise CardError(f"learning.weight_decay={l.weight_decay!r} must be ≥ 0")
     if not (math.isfinite(l.homeostasis) and l.homeostasis >= 0):
         raise CardError(f"learning.homeostasis={l.homeostasis!r} must be ≥ 0 (0: off)")
+    if l.homeostasis_delay < 0 or (l.homeostasis_delay and not l.homeostasis):
+        raise CardError(f"learning.homeostasis_delay={l.homeostasis_delay!r} must be ≥ 0 (0: from the "
+                        "start), and needs learning.homeostasis > 0")
     if l.rule == "continual":
         _positive(l.eta, "learning.eta")
     if l.optimizer not in OPTIMIZERS:

@@ -214,6 +214,7 @@ class Trainer:
                 perm = self.perm(epoch)
                 order = np.asarray(perm) if particles is not None else None
                 augment = np.bool_(not self.card.data.shift_epochs or epoch < self.card.data.shift_epochs)
+                homeostatic = np.bool_(epoch >= self.card.learning.homeostasis_delay)
                 hooks.epoch_start(epoch, batch)
                 t0, done0 = time.perf_counter() - elapsed, batch
                 pending = None
@@ -224,7 +225,7 @@ class Trainer:
                         rows = particles[idx]
                     net, opt_state, stats, free_rows = train_step(
                         net, opt_state, stats, self.x, self.y, perm, np.int32(batch),
-                        np.int32(step), self.step_key, self.beta, rows, augment)
+                        np.int32(step), self.step_key, self.beta, rows, augment, homeostatic)
                     # The free states go back to the host-side store one step late, so that
                     # the next step is dispatched before this one is waited for. An epoch
                     # visits each example once, so no step reads a row still pending.

@@ -142,7 +142,13 @@ def ep_step(
             for n in nudged
         ])
     if lam is None or lam > 0:
-        h = homeostasis_gradient(net, x, free.state, key=jr.fold_in(key, 2))
+        def penalty_gradient():
+            return homeostasis_gradient(net, x, free.state, key=jr.fold_in(key, 2))
+        if lam is None:  # traced λ (e.g. switched on after some epochs): no gradient while it is 0
+            zeros = lambda: jax.tree_util.tree_map(jnp.zeros_like, update)
+            h = jax.lax.cond(jnp.asarray(homeostasis) > 0, penalty_gradient, zeros)
+        else:
+            h = penalty_gradient()
         update = jax.tree_util.tree_map(lambda u, g: u - homeostasis * g, update, h)
     return EPStep(update=update, free=free, nudged=nudged, betas=betas)
 
