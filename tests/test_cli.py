@@ -250,12 +250,14 @@ def test_card_names_agree_with_the_modules_that_define_them():
     """cards.py spells the names out (no JAX import to read a card); they must stay in step."""
     from ctgep._dynamics.activations import ACTIVATIONS
     from ctgep._experiment import cards
+    from ctgep._learning.homeostasis import HOMEOSTASIS_PARAMS
     from ctgep._learning.rules import NUDGINGS, RULES
     from ctgep._simulation.solvers import SOLVERS
 
     assert sorted(cards.ACTIVATIONS) == sorted(ACTIVATIONS)
     assert sorted(cards.SOLVERS) == sorted(SOLVERS)
     assert tuple(cards.RULES) == tuple(RULES) and tuple(cards.NUDGINGS) == tuple(NUDGINGS)
+    assert tuple(cards.HOMEOSTASIS_PARAMS) == HOMEOSTASIS_PARAMS
 
 
 # ----------------------------------------------------------------------------------------------

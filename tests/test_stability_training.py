@@ -77,6 +77,31 @@ def test_homeostasis_gradient_is_the_gradient_of_the_penalty(x64):
     assert est == pytest.approx(exact, rel=0.05)
 
 
+
+def test_feedback_homeostasis_turns_only_the_feedback_toward_the_forward_weights(x64):
+    """`params="feedback"` is the penalty's gradient with respect to `Wb` alone: a step along it
+    lowers the asymmetry and raises the feedback's cosine with `Wfᵀ`, leaving `Wf`, `b` as they are."""
+    import equinox as eqx
+
+    net, x, s = _tiny()
+    key = jr.PRNGKey(5)
+    full = ctgep.homeostasis_gradient(net, x, s, key=key)
+    fb = ctgep.homeostasis_gradient(net, x, s, key=key, params="feedback")
+    for a, b in zip(jax.tree_util.tree_leaves(fb.Wb), jax.tree_util.tree_leaves(full.Wb)):
+        np.testing.assert_array_equal(a, b)
+    assert all(float(jnp.max(jnp.abs(a))) == 0 for a in jax.tree_util.tree_leaves((fb.Wf, fb.b)))
+    assert float(jnp.linalg.norm(ravel_pytree(fb.Wb)[0])) > 1e-3
+    eps = jax.tree_util.tree_map(lambda a: a[0], ctgep._learning.homeostasis.probe_vectors(s, key))
+    moved = eqx.apply_updates(net, jax.tree_util.tree_map(lambda g: -0.05 * g, fb))
+    assert ctgep.asymmetry_penalty(moved, x, s, eps) < ctgep.asymmetry_penalty(net, x, s, eps)
+    assert ctgep.alignment(moved)["cos_1_2"] > ctgep.alignment(net)["cos_1_2"]
+    np.testing.assert_array_equal(moved.Wf[0], net.Wf[0])
+    with pytest.raises(ValueError, match="params="):
+        ctgep.homeostasis_gradient(net, x, s, key=key, params="forward")
+    energy = ctgep.EnergyNetwork((3, 4, 2), "tanh", key=jr.PRNGKey(0), dtype=jnp.float64)
+    with pytest.raises(ValueError, match="feedback weights"):
+        ctgep.homeostasis_gradient(energy, x, s, key=key, params="feedback")
+
 @pytest.mark.slow
 def test_homeostasis_vanishes_on_a_symmetric_jacobian(x64):
     # The tied-weight EnergyNetwork's Jμ is a Hessian, symmetric at every state (not only at s⁰).
@@ -108,6 +133,8 @@ def test_ep_step_subtracts_the_homeostasis_gradient(x64):
 
 @pytest.mark.parametrize("override, message", [
     ("learning.homeostasis=-0.1", "learning.homeostasis"),
+    ("learning.homeostasis_params=forward", "learning.homeostasis_params"),
+    ("learning.homeostasis_params=feedback", "needs learning.homeostasis > 0"),
     ("training.analyse_every=-1", "training.analyse_every"),
     ("training.analyse_samples=0", "training.analyse_samples"),
 ])

@@ -153,11 +153,13 @@ class TrainingStep:
     """A card's compiled train and evaluation steps and its optimiser; build it once, reuse it.
 
     `train(net, opt_state, stats, x_all, y_all, perm, batch, step, key, beta, s_rows=None,
-    augment=True, homeostatic=True) -> (net, opt_state, stats, free_rows)` trains on minibatch `batch` of the
-    permutation `perm` of `(x_all, y_all)` (the step's key is `fold_in(key, step)`), adding its
-    figures to `stats` (see :meth:`zero_stats`). `s_rows` are the warm-start states of the
-    minibatch (`free_rows` their update, else None); `augment` switches `data.shift` off and
-    `homeostatic` the homeostasis of a card with `learning.homeostasis_delay`, without a recompile. `evaluate(net, x)` predicts the classes of one batch (see :func:`predict`).
+    augment=True, homeostatic=True) -> (net, opt_state, stats, free_rows)` trains on minibatch
+    `batch` of the permutation `perm` of `(x_all, y_all)` (the step's key is
+    `fold_in(key, step)`), adding its figures to `stats` (see :meth:`zero_stats`). `s_rows` are
+    the warm-start states of the minibatch (`free_rows` their update, else None); `augment`
+    switches `data.shift` off and `homeostatic` the homeostasis of a card with
+    `learning.homeostasis_delay`, without a recompile. `evaluate(net, x)` predicts the classes
+    of one batch (see :func:`predict`).
     With `mesh` (`training.devices` > 1) `train` splits the minibatch over its devices and takes
     `x_all`, `y_all` as host (NumPy) arrays; see :mod:`ctgep._experiment.parallel`.
     """
@@ -225,7 +227,8 @@ def build_training_step(card: Card, steps_per_epoch: int = 1, *, solver=None) ->
         r = ep_step(net, x, y, beta=beta, rule=l.rule, nudging=l.nudging, key=step_key,
                     t_free=float(p.t_free), t_nudged=float(p.t_nudged), s_init=s_init,
                     eta=float(l.eta) if l.rule == "continual" else None, policy="flag",
-                    homeostasis=homeostasis(homeostatic, x.dtype), **common)
+                    homeostasis=homeostasis(homeostatic, x.dtype),
+                    homeostasis_params=l.homeostasis_params, **common)
         free_rows = None if s_rows is None else jnp.concatenate(r.free.state, axis=-1)
         grads = as_gradient(r.update)
         updates, opt_state = optimizer.update(grads, opt_state, trainable(net))

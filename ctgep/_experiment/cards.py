@@ -29,6 +29,7 @@ ACTIVATIONS = ("hard_sigmoid", "sigmoid", "smooth_hard_sigmoid", "tanh")
 SOLVERS = ("tsit5", "dopri5", "kvaerno5", "euler")
 RULES = ("endpoint", "integrated", "continual")
 NUDGINGS = ("one-sided", "random", "centered")
+HOMEOSTASIS_PARAMS = ("all", "feedback")
 
 __all__ = ["Card", "CardError", "builtin_cards", "card_from_dict", "load_card", "validate"]
 
@@ -119,6 +120,8 @@ class LearningSection:
     # Epochs at the start trained without homeostasis (λ applies from epoch delay + 1; 0: from
     # the start): a fast unaligned start, then alignment (the Fashion-MNIST CNN's question).
     homeostasis_delay: int = 0
+    # What homeostasis moves: "all" trainable arrays (Laborieux & Zenke), or "feedback" (Wb) alone.
+    homeostasis_params: str = "all"
 
 
 @dataclasses.dataclass
@@ -345,6 +348,11 @@ def validate(card: Card) -> None:
     if l.homeostasis_delay < 0 or (l.homeostasis_delay and not l.homeostasis):
         raise CardError(f"learning.homeostasis_delay={l.homeostasis_delay!r} must be ≥ 0 (0: from the "
                         "start), and needs learning.homeostasis > 0")
+    if l.homeostasis_params not in HOMEOSTASIS_PARAMS:
+        raise CardError(f"learning.homeostasis_params={l.homeostasis_params!r} must be one of "
+                        f"{list(HOMEOSTASIS_PARAMS)}")
+    if l.homeostasis_params != "all" and not l.homeostasis:
+        raise CardError(f"learning.homeostasis_params={l.homeostasis_params!r} needs learning.homeostasis > 0")
     if l.rule == "continual":
         _positive(l.eta, "learning.eta")
     if l.optimizer not in OPTIMIZERS:

@@ -23,6 +23,9 @@ from .._dynamics.networks import AbstractDynamics
 
 __all__ = ["asymmetry_penalty", "homeostasis_gradient", "probe_vectors"]
 
+# What the penalty's gradient moves: every trainable array, or the feedback weights `Wb` alone.
+HOMEOSTASIS_PARAMS = ("all", "feedback")
+
 
 def _penalty(params, static, s, x, eps):
     def f(state):
@@ -51,13 +54,26 @@ def asymmetry_penalty(net: AbstractDynamics, x, s, eps):
     return _penalty(params, static, s, x, eps)
 
 
-def homeostasis_gradient(net: AbstractDynamics, x, s, *, key, probes: int = 1):
+def homeostasis_gradient(net: AbstractDynamics, x, s, *, key, probes: int = 1, params: str = "all"):
     """`∂P/∂θ` of :func:`asymmetry_penalty`, averaged over `probes` random probes per sample,
     with `s` held fixed; shaped like the trainable parameters (like :func:`ctgep.ep_update`).
-    Subtract `λ` times it from an EP update (which is to be added) to make `Jμ` more symmetric."""
+    Subtract `λ` times it from an EP update (which is to be added) to make `Jμ` more symmetric.
+
+    `params="feedback"` keeps only its feedback part `∂P/∂Wb` (zero elsewhere): the feedback
+    weights turn toward the transposed forward ones, which the penalty then does not pull
+    toward the feedback (so an unaligned start keeps what its forward weights learned)."""
     if int(probes) < 1:
         raise ValueError(f"probes={probes!r} must be at least 1")
-    params, static = F.partition(net)
+    if params not in HOMEOSTASIS_PARAMS:
+        raise ValueError(f"params={params!r} must be one of {HOMEOSTASIS_PARAMS}")
+    if params == "feedback" and not hasattr(net, "Wb"):
+        raise ValueError(f"params='feedback' needs untied feedback weights `Wb`, which a "
+                         f"{type(net).__name__} has not")
+    trainable, static = F.partition(net)
     eps = probe_vectors(s, key, int(probes))
-    grads = jax.vmap(lambda e: jax.grad(_penalty)(params, static, s, x, e))(eps)
-    return jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), grads)
+    grads = jax.vmap(lambda e: jax.grad(_penalty)(trainable, static, s, x, e))(eps)
+    grads = jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), grads)
+    if params == "feedback":
+        feedback = eqx.filter(grads.Wb, eqx.is_array)
+        grads = eqx.tree_at(lambda g: g.Wb, jax.tree_util.tree_map(jnp.zeros_like, grads), feedback)
+    return grads

@@ -78,6 +78,7 @@ def ep_step(
     stop_at_steady_state: bool = True,
     policy="flag",
     homeostasis: float = 0.0,
+    homeostasis_params: str = "all",
 ) -> EPStep:
     """Free phase (unless `free` is given), nudged phase(s) and the update of `rule`.
 
@@ -87,7 +88,8 @@ def ep_step(
 
     `homeostasis` (λ ≥ 0, needs `key`): subtract `λ ∂P/∂θ` from the update, `P` the Jacobian
     asymmetry penalty `‖Jμ ε − Jμᵀ ε‖²` at the free state with one random probe `ε` per sample
-    drawn from `fold_in(key, 2)` (:func:`ctgep.homeostasis_gradient`; Laborieux & Zenke 2024).
+    drawn from `fold_in(key, 2)` (:func:`ctgep.homeostasis_gradient`; Laborieux & Zenke 2024);
+    `homeostasis_params="feedback"` applies it to the feedback weights `Wb` alone.
     """
     b = concrete_float(beta)
     if b is not None and not (b > 0 and math.isfinite(b)):
@@ -143,7 +145,8 @@ def ep_step(
         ])
     if lam is None or lam > 0:
         def penalty_gradient():
-            return homeostasis_gradient(net, x, free.state, key=jr.fold_in(key, 2))
+            return homeostasis_gradient(net, x, free.state, key=jr.fold_in(key, 2),
+                                        params=homeostasis_params)
         if lam is None:  # traced λ (e.g. switched on after some epochs): no gradient while it is 0
             zeros = lambda: jax.tree_util.tree_map(jnp.zeros_like, update)
             h = jax.lax.cond(jnp.asarray(homeostasis) > 0, penalty_gradient, zeros)
