@@ -130,6 +130,16 @@ def test_overrides_are_coerced_to_the_field_types():
     assert card.learning.learning_rates == [1.0, 0.5] and card.model.feedback == "45"
 
 
+def test_training_init_names_a_run_and_a_checkpoint():
+    from ctgep._experiment.cards import init_checkpoint
+
+    assert init_checkpoint("") == ("", "latest")
+    assert init_checkpoint("runs/a") == ("runs/a", "latest")
+    assert init_checkpoint("runs/a:best") == ("runs/a", "best")
+    assert init_checkpoint("C:/runs/a:latest") == ("C:/runs/a", "latest")
+    assert load_card("digits", overrides=["training.init=studies/mnist/x:best"]).training.init == "studies/mnist/x:best"
+
+
 @pytest.mark.parametrize("item, words", [
     ("learning.betta=1", ["learning.betta", "beta"]),
     ("nosuch.key=1", ["nosuch"]),
@@ -161,6 +171,7 @@ def test_bad_overrides_name_the_key(item, words):
     ("data.shift=4", "data.shift"),  # half the side of the 8×8 digits
     ("data.shift_epochs=3", "data.shift_epochs"),  # without a shift
     ("data.shift_epochs=-1", "data.shift_epochs"),
+    ("training.init=:best", "training.init"),
 ])
 def test_invalid_values_are_rejected(item, key):
     with pytest.raises(CardError, match=key.replace("[", r"\[").replace("]", r"\]")):

@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import equinox as eqx
+import jax
 import numpy as np
 import pytest
 
@@ -38,7 +40,7 @@ def _one_line_error(capsys, rc, code=2):
 
 
 @pytest.mark.parametrize("command, options", [
-    ("train", ["--set", "--epochs", "--data-dir", "--out", "--quiet"]),
+    ("train", ["--set", "--epochs", "--init", "--data-dir", "--out", "--quiet"]),
     ("resume", ["--epochs", "--data-dir", "--quiet"]),
     ("evaluate", ["--checkpoint", "--split", "--t-free", "--json", "--data-dir"]),
 ])
@@ -71,6 +73,23 @@ def test_train_evaluate_resume(run_dir, capsys):
     assert "epochs = 3" in (run_dir / "card.toml").read_text()
 
 
+def test_train_init_starts_from_another_runs_weights(run_dir, tmp_path, capsys):
+    """`--init RUN[:best]` copies the checkpoint's weights into the new run (recorded in its card
+    as training.init) with a fresh optimiser: with 0 epochs its checkpoint is that network."""
+    out = tmp_path / "tuned"
+    assert main(["train", *TINY, "--set", "phases.t_free=8", "--init", f"{run_dir}:best", "--epochs", "0",
+                 "--out", str(out), "-q"]) == 0
+    assert "starting from the best checkpoint of" in capsys.readouterr().out
+    assert f'init = "{run_dir}:best"' in (out / "card.toml").read_text()
+    source, tuned = ctgep.load_run(run_dir, "best"), ctgep.load_run(out)
+    for a, b in zip(*(jax.tree_util.tree_leaves(eqx.filter(r.net, eqx.is_array)) for r in (source, tuned))):
+        np.testing.assert_array_equal(a, b)
+    assert tuned.card.phases.t_free == 8  # the new card's settings, the old run's weights
+    fresh = ctgep.train("digits", tmp_path / "fresh", overrides=TINY[1::2], epochs=0, progress=False,
+                        log=lambda *a: None)
+    assert not np.array_equal(fresh.net.Wf[0], tuned.net.Wf[0])
+
+
 def _fake_mnist(folder, shape=(28, 28)):
     folder.mkdir(parents=True, exist_ok=True)
     for key, stem in FILES.items():
@@ -81,7 +100,7 @@ def _fake_mnist(folder, shape=(28, 28)):
 @pytest.mark.parametrize("case", [
     "missing card", "malformed card", "unknown set key", "unknown dataset", "missing data",
     "data-dir typo", "truncated idx", "input size mismatch", "zero beta", "negative learning rate",
-    "negative epochs", "nan", "out exists",
+    "negative epochs", "nan", "out exists", "init not a run", "init another architecture",
 ])
 def test_bad_input_gives_one_line_and_leaves_runs_alone(case, tmp_path, capsys, run_dir):
     before = _snapshot(run_dir)
@@ -121,6 +140,11 @@ def test_bad_input_gives_one_line_and_leaves_runs_alone(case, tmp_path, capsys, 
         argv, words = ["train", "--set", "learning.learning_rates=[0.1, -1]", *out], ["learning_rates[1]"]
     elif case == "negative epochs":
         argv, words = ["train", "--epochs", "-1", *out], ["--epochs"]
+    elif case == "init not a run":
+        argv, words = ["train", *TINY, "--init", str(tmp_path / "nowhere"), *out], ["training.init", "nowhere", "not a ctgep run"]
+    elif case == "init another architecture":
+        argv = ["train", *TINY, "--set", "model.sizes=[64, 32, 10]", "--init", f"{run_dir}:best", *out]
+        words = ["training.init", "does not fit", "[64, 16, 10]", "[64, 32, 10]"]
     elif case == "nan":
         argv = ["train", *TINY, "--set", "model.activation=tanh", "--set",
                 "learning.learning_rates=[1e30, 1e30]", "--set", "training.progress_every=1", *out]

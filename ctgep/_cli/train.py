@@ -74,6 +74,10 @@ def register(subparsers) -> None:
                         "--set learning.learning_rates=[0.1,0.05]; repeatable")
     p.add_argument("--epochs", type=int, default=None, metavar="N",
                    help="number of epochs (overrides training.epochs)")
+    p.add_argument("--init", metavar="RUN_DIR[:best]", default=None,
+                   help="start from the weights of RUN_DIR's latest (or :best) checkpoint instead of "
+                        "the card's initialisation, with a fresh optimiser and schedule (sets "
+                        "training.init)")
     _common_data(p)
     p.add_argument("--out", metavar="RUN_DIR", default=None,
                    help="run directory to create (must not exist or be empty); "
@@ -122,7 +126,8 @@ def _train(args) -> int:
     from .._experiment.cards import load_card
 
     devices = [] if args.devices is None else [f"training.devices={args.devices}"]
-    card = load_card(args.card, [*args.overrides, *devices])
+    init = [] if args.init is None else [f"training.init={args.init}"]
+    card = load_card(args.card, [*args.overrides, *devices, *init])
     _start_processes(args)
     from .._experiment.loop import train
 

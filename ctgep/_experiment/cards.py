@@ -142,6 +142,10 @@ class TrainingSection:
     # Data parallelism: split each minibatch over this many devices ("all": every device of every
     # process), the parameters replicated; "1" (the default) is the single-device step.
     devices: str = "1"
+    # Start from the weights of another run's checkpoint instead of the card's initialisation:
+    # "RUN_DIR" (its latest checkpoint) or "RUN_DIR:best"; the optimiser and schedule start
+    # afresh (fine-tuning, a warm restart, a change of card). Empty: the card's initialisation.
+    init: str = ""
 
 
 @dataclasses.dataclass
@@ -160,6 +164,17 @@ class DataSection:
     shift: int = 0
     # Shift only in the first N epochs (0: in every epoch); the last ones then fit the plain images.
     shift_epochs: int = 0
+
+
+def init_checkpoint(init: str) -> tuple[str, str]:
+    """`training.init` as `(run_dir, "latest" | "best")`; `("", "latest")` when it is empty."""
+    run_dir, sep, which = init.rpartition(":")
+    if not sep or which not in ("latest", "best"):
+        run_dir, which = init, "latest"
+    if init and not run_dir.strip():
+        raise CardError(f"training.init={init!r} must be a run directory, optionally with "
+                        "':latest' or ':best'")
+    return run_dir, which
 
 
 SECTIONS = {
@@ -381,6 +396,7 @@ def validate(card: Card) -> None:
     if t.analyse_samples < 1:
         raise CardError(f"training.analyse_samples={t.analyse_samples!r} must be ≥ 1")
     _validate_devices(t)
+    init_checkpoint(t.init)
     ds = _ALIASES.get(d.dataset.lower(), d.dataset.lower())
     if ds not in DATASETS:
         raise CardError(f"data.dataset={d.dataset!r} is unknown; choose one of {list(DATASETS)}")

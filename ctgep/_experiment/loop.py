@@ -24,6 +24,7 @@ import time
 import warnings
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -34,7 +35,7 @@ from .analysis import probe_row
 from . import checkpoints, parallel, rundir
 from .build import (ACTIVE, CAUSE_STATS, STATS, TrainingStep, build_network, build_training_step, error_rate,
                     permutation, predict, run_keys, silent_outputs, zero_stats)
-from .cards import Card, load_card
+from .cards import Card, init_checkpoint, load_card
 from .data import Dataset, load_dataset
 from .progress import ConsoleProgress, Progress
 from .rundir import Run, load_run
@@ -356,6 +357,8 @@ def train(card=None, out=None, *, overrides=(), epochs=None, data=None, data_dir
         card = dataclasses.replace(card, data=dataclasses.replace(card.data, data_dir=str(
             pathlib.Path(data_dir).expanduser().resolve())))
     trainer = Trainer(card, data, out, step=step, progress=_hooks(progress, log))
+    if net is None and card.training.init:
+        net = _initial_weights(card, trainer, log)
     if net is None:
         net, opt_state = trainer.fresh()
     else:
@@ -370,6 +373,29 @@ def train(card=None, out=None, *, overrides=(), epochs=None, data=None, data_dir
         + (f", {len(data.y_val)} validation" if data.y_val is not None else "") + " examples)")
     trainer.run(net, opt_state, trainer.latest[1], particles)
     return trainer.result()
+
+
+def _initial_weights(card: Card, trainer: "Trainer", log):
+    """The network of `training.init`'s checkpoint, checked against the card's architecture
+    and cast to the card's dtype (the card's static settings, e.g. its activation, rule)."""
+    run_dir, which = init_checkpoint(card.training.init)
+    try:
+        source = load_run(run_dir, which)
+    except RunDirError as e:
+        raise RunDirError(f"training.init={card.training.init!r}: {e}") from None
+    fresh, _ = trainer.fresh()
+    arrays = lambda n: jax.tree_util.tree_flatten(eqx.filter(n, eqx.is_inexact_array))
+    (src, _), (new, treedef) = arrays(source.net), arrays(fresh)
+    if type(source.net) is not type(fresh) or [a.shape for a in src] != [a.shape for a in new]:
+        raise CardError(f"training.init={card.training.init!r}: its {type(source.net).__name__} "
+                        f"(model.sizes={list(source.card.model.sizes)}) does not fit this card's "
+                        f"model (model.sizes={list(card.model.sizes)})")
+    params = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a, b.dtype) for a, b in zip(src, new)])
+    at = source.checkpoint
+    where = f"after epoch {at['epoch']}" + (f", batch {at['batch']}" if at.get("batch") else "")
+    log(f"starting from the {at['tag']} checkpoint of {run_dir} ({where}); the optimiser and its "
+        "schedule start afresh")
+    return eqx.combine(params, eqx.filter(fresh, eqx.is_inexact_array, inverse=True))
 
 
 def resume(run_dir, *, epochs=None, devices=None, reset_particles=False, data=None, data_dir=None, step=None,
