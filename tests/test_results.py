@@ -26,6 +26,7 @@ HEADLINE = {
     "784-512-512-10_gauss_seidel_shift1_seed1", "784-512-512-10_gauss_seidel_shift1",
     "784-512-512-10_endpoint_warm80", "784-512-512-10_gauss_seidel",
     "784-512-512-512-10_gauss_seidel_shift1", "784-512-512-10_integrated_centered_homeostasis", "cnn_fast",
+    "cnn_homeostasis_shift1",
 }
 RUN_FILES = ("metrics.csv", "summary.json", "card.toml", "training.png")
 # Long runs that continue over sessions (`ctgep resume --reset-particles`) keep their checkpoints too.
