@@ -401,26 +401,27 @@ def test_shift_augmentation_trains_on_moved_images_and_evaluates_on_plain_ones(t
     assert ev["error"] == pytest.approx(runs[1].metrics.test_error.values[-1])
 
 
+def _one_train_step(card, **flags):
+    """The trainable arrays after one compiled train step of `card` on 40 digits (a fixed net,
+    key and minibatch), with the step's `flags` (augment, homeostatic)."""
+    data = load_dataset("digits")
+    x, y = jnp.asarray(data.x_train[:40], jnp.float32), jnp.asarray(data.y_train[:40], jnp.int32)
+    step = ctgep.build_training_step(card, 2)
+    net = ctgep.build_network(card, jr.key(0))
+    out = step.train(net, step.init_optimizer(net), step.zero_stats(), x, y, jnp.arange(40, dtype=jnp.int32),
+                     np.int32(0), np.int32(3), jr.key(1), np.float32(card.learning.beta), **flags)
+    return jax.tree_util.tree_leaves(eqx.filter(out[0], eqx.is_array))
+
+
 def test_shift_epochs_train_the_last_epochs_on_plain_images():
     """`data.shift_epochs = N` turns the shift off after N epochs without a recompile: the shifted
     step with `augment` off is the plain step, to the bit."""
     cards = {s: ctgep.load_card("digits", overrides=[f"data.shift={s}"] + (["data.shift_epochs=1"] if s else []))
              for s in (0, 1)}
-    data = load_dataset("digits")
-    x, y = jnp.asarray(data.x_train[:40], jnp.float32), jnp.asarray(data.y_train[:40], jnp.int32)
-    perm = jnp.arange(40, dtype=jnp.int32)
-
-    def step(card, **kw):
-        step = ctgep.build_training_step(card, 2)
-        net = ctgep.build_network(card, jr.key(0))
-        out = step.train(net, step.init_optimizer(net), step.zero_stats(), x, y, perm, np.int32(0),
-                         np.int32(3), jr.key(1), np.float32(card.learning.beta), **kw)
-        return jax.tree_util.tree_leaves(eqx.filter(out[0], eqx.is_array))
-
+    step = _one_train_step
     plain, shifted, off = step(cards[0]), step(cards[1]), step(cards[1], augment=np.bool_(False))
     assert all(np.array_equal(a, b) for a, b in zip(plain, off))
     assert not all(np.array_equal(a, b) for a, b in zip(plain, shifted))
-
 
 
 def test_homeostasis_delay_trains_the_first_epochs_without_homeostasis():
@@ -429,17 +430,7 @@ def test_homeostasis_delay_trains_the_first_epochs_without_homeostasis():
     over = ["learning.homeostasis=0.5"]
     cards = {"off": ctgep.load_card("digits"), "on": ctgep.load_card("digits", overrides=over),
              "delayed": ctgep.load_card("digits", overrides=over + ["learning.homeostasis_delay=1"])}
-    data = load_dataset("digits")
-    x, y = jnp.asarray(data.x_train[:40], jnp.float32), jnp.asarray(data.y_train[:40], jnp.int32)
-    perm = jnp.arange(40, dtype=jnp.int32)
-
-    def step(card, **kw):
-        step = ctgep.build_training_step(card, 2)
-        net = ctgep.build_network(card, jr.key(0))
-        out = step.train(net, step.init_optimizer(net), step.zero_stats(), x, y, perm, np.int32(0),
-                         np.int32(3), jr.key(1), np.float32(card.learning.beta), **kw)
-        return jax.tree_util.tree_leaves(eqx.filter(out[0], eqx.is_array))
-
+    step = _one_train_step
     off, on = step(cards["off"]), step(cards["on"])
     before, after = (step(cards["delayed"], homeostatic=np.bool_(f)) for f in (False, True))
     assert all(np.array_equal(a, b) for a, b in zip(off, before))
