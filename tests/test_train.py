@@ -418,8 +418,8 @@ def test_shift_epochs_train_the_last_epochs_on_plain_images():
     step with `augment` off is the plain step, to the bit."""
     cards = {s: ctgep.load_card("digits", overrides=[f"data.shift={s}"] + (["data.shift_epochs=1"] if s else []))
              for s in (0, 1)}
-    step = _one_train_step
-    plain, shifted, off = step(cards[0]), step(cards[1]), step(cards[1], augment=np.bool_(False))
+    plain, shifted = (_one_train_step(cards[s]) for s in (0, 1))
+    off = _one_train_step(cards[1], augment=np.bool_(False))
     assert all(np.array_equal(a, b) for a, b in zip(plain, off))
     assert not all(np.array_equal(a, b) for a, b in zip(plain, shifted))
 
@@ -430,9 +430,8 @@ def test_homeostasis_delay_trains_the_first_epochs_without_homeostasis():
     over = ["learning.homeostasis=0.5"]
     cards = {"off": ctgep.load_card("digits"), "on": ctgep.load_card("digits", overrides=over),
              "delayed": ctgep.load_card("digits", overrides=over + ["learning.homeostasis_delay=1"])}
-    step = _one_train_step
-    off, on = step(cards["off"]), step(cards["on"])
-    before, after = (step(cards["delayed"], homeostatic=np.bool_(f)) for f in (False, True))
+    off, on = (_one_train_step(cards[c]) for c in ("off", "on"))
+    before, after = (_one_train_step(cards["delayed"], homeostatic=np.bool_(f)) for f in (False, True))
     assert all(np.array_equal(a, b) for a, b in zip(off, before))
     assert all(np.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(on, after))
     assert not all(np.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(off, on))
