@@ -47,6 +47,8 @@ _LAZY = {
     "AbstractStepper": "._simulation.solver",
     "Relaxation": "._simulation.solver",
     "alignment": "._observation.alignment",
+    "linear_readout": "._observation.readout",
+    "plot_readout": "._observation.readout",
     "CardError": "._errors",
     "ConvergenceError": "._errors",
     "CtgepError": "._errors",

@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import stability
 
     stability.register(sub)
+    from . import readout
+
+    readout.register(sub)
     return parser
 
 

@@ -1,0 +1,129 @@
+"""Linear readouts of every layer's free fixed point: has a layer learned features?
+
+A multinomial logistic regression (scikit-learn, on standardised features) is fitted to each
+layer's state at the free fixed point on training examples and scored on test examples, the
+input pixels included as layer 0. Set beside the network's own error (the argmax of its output
+layer), it separates the two ways a network can underfit:
+
+* the hidden layers carry little more than the pixels do (the readout of the last hidden layer
+  is no better than the readout of the input): the *features* are the limit;
+* the last hidden layer's readout is far better than the network's own output: the *output
+  layer* (its rule, rate or clipping) is the limit.
+
+The readout is a probe, not part of the model: it is fitted with a loss EP does not see.
+"""
+
+import warnings
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["fixed_point_layers", "linear_readout", "plot_readout"]
+
+
+def fixed_point_layers(net, x, *, solver, t_max: float, batch_size: int = 500, progress=None) -> list[np.ndarray]:
+    """Each dynamic layer's state at the free fixed point on `x`, in batches of `batch_size`
+    (one `(n, n_l)` array per layer, input excluded). `progress(n_done)` is called per batch."""
+    import jax.numpy as jnp
+
+    from .._simulation.phases import free_phase
+
+    parts = []
+    for i in range(0, len(x), batch_size):
+        res = free_phase(net, jnp.asarray(x[i:i + batch_size]), solver=solver, t_max=t_max,
+                         stop_at_steady_state=False, policy="flag")
+        parts.append([np.asarray(s) for s in res.state])
+        if progress is not None:
+            progress(min(i + batch_size, len(x)))
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def _fit(a_train, y_train, a_test, y_test, C: float, max_iter: int):
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(a_train, y_train)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return 1.0 - clf.score(a_train, y_train), 1.0 - clf.score(a_test, y_test), converged
+
+
+def linear_readout(net, x_train, y_train, x_test, y_test, *, solver, t_max: float, C: float = 1.0,
+                   max_iter: int = 500, batch_size: int = 500, progress=None) -> xr.Dataset:
+    """Fit a linear readout to each layer's free fixed point and score it (see the module doc).
+
+    `x_*`: inputs `(n, n_0)`; `y_*`: integer labels `(n,)`; `solver`, `t_max`: the relaxation
+    (a card's: :func:`ctgep.build_solver` and its prediction horizon). `C`: inverse L2 strength
+    of the logistic regression. Returns a dataset over `layer` (0 = input … L = output) with
+    `width`, `readout_train_error`, `readout_test_error` and `converged` (the L-BFGS fit ended
+    within `max_iter`), and the network's own `network_train_error` / `network_test_error`.
+    """
+    from .._errors import UsageError
+
+    x_train, x_test = np.asarray(x_train), np.asarray(x_test)
+    y_train, y_test = np.asarray(y_train).astype(np.int64), np.asarray(y_test).astype(np.int64)
+    for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if x.ndim != 2 or y.shape != (len(x),):
+            raise UsageError(f"x_{name} must be (n, features) with one label each in y_{name}: "
+                             f"got {x.shape} and {y.shape}")
+        if not len(x):
+            raise UsageError(f"no {name} examples")
+    if len(np.unique(y_train)) < 2:
+        raise UsageError("the training examples hold a single class: a readout needs at least two")
+    if not (C > 0 and max_iter >= 1 and batch_size >= 1):
+        raise UsageError(f"C={C}, max_iter={max_iter} and batch_size={batch_size} must be positive")
+
+    done = len(x_train)
+    tr = fixed_point_layers(net, x_train, solver=solver, t_max=t_max, batch_size=batch_size, progress=progress)
+    te = fixed_point_layers(net, x_test, solver=solver, t_max=t_max, batch_size=batch_size,
+                            progress=None if progress is None else (lambda k: progress(done + k)))
+    layers = [(x_train, x_test), *zip(tr, te)]
+    rows = [_fit(a, y_train, b, y_test, C, max_iter) for a, b in layers]
+    ds = xr.Dataset(
+        {
+            "width": ("layer", [a.shape[1] for a, _ in layers]),
+            "readout_train_error": ("layer", [r[0] for r in rows]),
+            "readout_test_error": ("layer", [r[1] for r in rows]),
+            "converged": ("layer", np.array([r[2] for r in rows], np.int8)),
+            "network_train_error": ((), float(np.mean(tr[-1].argmax(1) != y_train))),
+            "network_test_error": ((), float(np.mean(te[-1].argmax(1) != y_test))),
+        },
+        coords={"layer": np.arange(len(layers))},
+        attrs={"title": "ctgep readout: linear readouts of each layer's free fixed point",
+               "probe": "multinomial logistic regression on standardised features (scikit-learn, L-BFGS)",
+               "C": float(C), "max_iter": int(max_iter), "t_max": float(t_max),
+               "n_train": len(x_train), "n_test": len(x_test),
+               "network": type(net).__name__, "sizes": str(getattr(net, "sizes", ""))},
+    )
+    ds["converged"].attrs["flag_values"] = "1: the fit converged within max_iter, 0: it did not"
+    return ds
+
+
+def plot_readout(ds: xr.Dataset, path=None):
+    """Readout train/test error per layer (bars) against the network's own test error (line)."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    layer = ds["layer"].values
+    names = ["input" if k == 0 else ("output" if k == layer[-1] else f"layer {k}") for k in layer]
+    fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    w = 0.38
+    ax.bar(layer - w / 2, 100 * ds["readout_train_error"].values, w, label="readout, train")
+    ax.bar(layer + w / 2, 100 * ds["readout_test_error"].values, w, label="readout, test")
+    ax.axhline(100 * float(ds["network_test_error"]), color="k", ls="--", lw=1,
+               label="network's own output, test")
+    ax.set_xticks(layer, [f"{n}\n({int(k)})" for n, k in zip(names, ds["width"].values)])
+    ax.set_ylabel("error (%)")
+    ax.set_title(ds.attrs.get("source", "linear readout of each layer's free fixed point"), fontsize=9)
+    ax.legend(fontsize=8)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
