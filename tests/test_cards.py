@@ -161,7 +161,8 @@ def test_bad_overrides_name_the_key(item, words):
 @pytest.mark.parametrize("item, key", [
     ("learning.beta=0", "learning.beta"),
     ("learning.beta=-1", "learning.beta"),
-    ("learning.learning_rates=[0.1, 0]", "learning.learning_rates[1]"),
+    ("learning.learning_rates=[0.1, -0.1]", "learning.learning_rates[1]"),
+    ("learning.learning_rates=[0, 0]", "every layer frozen"),
     ("learning.learning_rates=[0.1]", "learning.learning_rates"),
     ("phases.dt=-0.5", "phases.dt"),
     ("phases.solver=rk4", "phases.solver"),

@@ -78,6 +78,7 @@ def test_cli_writes_netcdf_and_figure_and_agrees_with_evaluate(run_dir, tmp_path
         ds = ds.load()
     assert ds.attrs["n_train"] == 150 and ds.attrs["n_test"] == 60  # TINY keeps 60 test examples
     assert list(ds["width"].values) == [64, 16, 10]
+    assert set(ds["C"].values) <= {0.01, 0.1, 1.0}
     assert (out / "readout.png").stat().st_size > 0
     # the readout relaxes as `ctgep evaluate` predicts
     assert main(["evaluate", str(run_dir), "--json"]) == 0
@@ -89,7 +90,7 @@ def test_cli_writes_netcdf_and_figure_and_agrees_with_evaluate(run_dir, tmp_path
     (["--n-train", "1"], "--n-train=1 must be at least 2"),
     (["--n-train", "100000"], "exceeds the"),
     (["--n-test", "0"], "--n-test=0 must be at least 1"),
-    (["--C", "0"], "--C=0.0 must be positive"),
+    (["--C", "0.1", "0"], "--C=0.0 must be positive"),
 ])
 def test_cli_bad_input_gives_one_line(run_dir, tmp_path, capsys, extra, fragment):
     rc = main(["readout", str(run_dir), *extra, "--out", str(tmp_path / "ro"), "--quiet"])

@@ -17,6 +17,7 @@ import pytest
 
 import ctgep
 from ctgep import load_dataset
+from ctgep._experiment.build import _param_labels, trainable
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMING = {"wall_time", "examples_per_s"}
@@ -411,6 +412,19 @@ def _one_train_step(card, **flags):
     out = step.train(net, step.init_optimizer(net), step.zero_stats(), x, y, jnp.arange(40, dtype=jnp.int32),
                      np.int32(0), np.int32(3), jr.key(1), np.float32(card.learning.beta), **flags)
     return jax.tree_util.tree_leaves(eqx.filter(out[0], eqx.is_array))
+
+
+def test_a_zero_learning_rate_freezes_its_layer():
+    """`learning.learning_rates = [0, α]`: the first layer's Wf, Wb and b stay as they were, the
+    output layer learns (e.g. to train a readout on fixed features)."""
+    card = ctgep.load_card("digits", overrides=["learning.learning_rates=[0, 0.04]"])
+    net = ctgep.build_network(card, jr.key(0))
+    before = jax.tree_util.tree_leaves(eqx.filter(net, eqx.is_array))
+    labels = jax.tree_util.tree_leaves(_param_labels(trainable(net)))
+    after = _one_train_step(card)
+    assert len(labels) == len(before) == len(after)
+    for label, a, b in zip(labels, before, after):
+        assert np.array_equal(a, b) == (label == "layer1"), label
 
 
 def test_shift_epochs_train_the_last_epochs_on_plain_images():

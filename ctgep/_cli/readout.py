@@ -38,8 +38,9 @@ def register(subparsers) -> None:
                    help="training examples the readouts are fitted on (default 10000; the first N)")
     p.add_argument("--n-test", type=int, default=None, metavar="N",
                    help="test examples they are scored on (default: all)")
-    p.add_argument("--C", type=float, default=1.0, dest="C",
-                   help="inverse L2 strength of the logistic regression (default 1)")
+    p.add_argument("--C", type=float, nargs="+", default=[0.01, 0.1, 1.0], dest="C", metavar="C",
+                   help="inverse L2 strength of the logistic regression; with several, each layer "
+                        "takes the best on a held-out fifth of the training examples (default 0.01 0.1 1)")
     p.add_argument("--max-iter", type=int, default=500, metavar="N",
                    help="L-BFGS iterations per fit (default 500)")
     p.add_argument("--out", default="ctgep-readout", metavar="DIR",
@@ -56,8 +57,9 @@ def _validate(args) -> pathlib.Path:
         raise UsageError(f"--n-train={args.n_train} must be at least 2")
     if args.n_test is not None and args.n_test < 1:
         raise UsageError(f"--n-test={args.n_test} must be at least 1")
-    if not args.C > 0:
-        raise UsageError(f"--C={args.C} must be positive")
+    for c in args.C:
+        if not c > 0:
+            raise UsageError(f"--C={c} must be positive")
     if args.max_iter < 1:
         raise UsageError(f"--max-iter={args.max_iter} must be at least 1")
     out = pathlib.Path(args.out)
@@ -108,12 +110,12 @@ def run(args) -> int:
     ds.to_netcdf(nc)
     plot_readout(ds, png)
     print(f"ctgep readout — {ds.attrs['source']}: {args.n_train} training, {n_test} test examples")
-    print(f"  {'layer':<8} {'width':>6} {'readout train':>14} {'readout test':>13}")
+    print(f"  {'layer':<8} {'width':>6} {'C':>6} {'readout train':>14} {'readout test':>13}")
     for k in ds["layer"].values:
         row = ds.sel(layer=k)
         name = "input" if k == 0 else str(int(k))
         flag = "" if int(row["converged"]) else "  (fit not converged)"
-        print(f"  {name:<8} {int(row['width']):>6} {100 * float(row['readout_train_error']):>13.2f}% "
+        print(f"  {name:<8} {int(row['width']):>6} {float(row['C']):>6g} {100 * float(row['readout_train_error']):>13.2f}% "
               f"{100 * float(row['readout_test_error']):>12.2f}%{flag}")
     print(f"  network's own output: train {100 * float(ds['network_train_error']):.2f}%, "
           f"test {100 * float(ds['network_test_error']):.2f}%")

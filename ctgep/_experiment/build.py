@@ -109,12 +109,14 @@ def build_optimizer(card: Card, steps_per_epoch: int = 1) -> optax.GradientTrans
 
     With `learning.schedule = "cosine"` each rate decays over `epochs × steps_per_epoch` steps
     to `final_fraction` of its value; `learning.weight_decay` adds `wd · W` to the descent
-    direction of every weight matrix before the optimiser.
+    direction of every weight matrix before the optimiser. A rate of 0 freezes its layer.
     """
     l = card.learning
     total = max(card.training.epochs * steps_per_epoch, 1)
 
     def one(lr):
+        if lr == 0:  # a frozen layer: no update, no optimiser state
+            return optax.set_to_zero()
         if l.schedule == "cosine":
             lr = optax.cosine_decay_schedule(lr, total, alpha=l.final_fraction)
         if l.optimizer == "sgd":

@@ -383,7 +383,10 @@ def validate(card: Card) -> None:
         raise CardError(f"learning.learning_rates has {len(l.learning_rates)} value(s) but "
                         f"model.sizes={m.sizes} has {n_layers} layers of parameters (one rate each)")
     for i, lr in enumerate(l.learning_rates):
-        _positive(lr, f"learning.learning_rates[{i}]")
+        if not (math.isfinite(lr) and lr >= 0):
+            raise CardError(f"learning.learning_rates[{i}]={lr!r} must be ≥ 0 (0 freezes the layer)")
+    if not any(l.learning_rates):
+        raise CardError(f"learning.learning_rates={l.learning_rates!r}: every layer frozen, nothing would learn")
     if t.epochs < 0:
         raise CardError(f"training.epochs={t.epochs!r} must be ≥ 0")
     for key in ("batch_size", "eval_batch_size", "progress_every"):

@@ -38,29 +38,43 @@ def fixed_point_layers(net, x, *, solver, t_max: float, batch_size: int = 500, p
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
-def _fit(a_train, y_train, a_test, y_test, C: float, max_iter: int):
-    from sklearn.exceptions import ConvergenceWarning
+def _pipeline(C: float, max_iter: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+
+
+def _fit(a_train, y_train, a_test, y_test, Cs, max_iter: int):
+    """(train error, test error, converged, chosen C): with several `Cs`, the one with the
+    lowest error on the last fifth of the training examples (fitted on the rest), refitted on all."""
+    from sklearn.exceptions import ConvergenceWarning
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        clf.fit(a_train, y_train)
+        C = Cs[0]
+        if len(Cs) > 1:
+            k = len(a_train) - max(1, len(a_train) // 5)
+            scores = [_pipeline(c, max_iter).fit(a_train[:k], y_train[:k]).score(a_train[k:], y_train[k:]) for c in Cs]
+            C = Cs[int(np.argmax(scores))]
+            caught.clear()  # only the final fit's convergence is reported
+        clf = _pipeline(C, max_iter).fit(a_train, y_train)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    return 1.0 - clf.score(a_train, y_train), 1.0 - clf.score(a_test, y_test), converged
+    return 1.0 - clf.score(a_train, y_train), 1.0 - clf.score(a_test, y_test), converged, C
 
 
-def linear_readout(net, x_train, y_train, x_test, y_test, *, solver, t_max: float, C: float = 1.0,
+def linear_readout(net, x_train, y_train, x_test, y_test, *, solver, t_max: float, C=(0.01, 0.1, 1.0),
                    max_iter: int = 500, batch_size: int = 500, progress=None) -> xr.Dataset:
     """Fit a linear readout to each layer's free fixed point and score it (see the module doc).
 
     `x_*`: inputs `(n, n_0)`; `y_*`: integer labels `(n,)`; `solver`, `t_max`: the relaxation
     (a card's: :func:`ctgep.build_solver` and its prediction horizon). `C`: inverse L2 strength
-    of the logistic regression. Returns a dataset over `layer` (0 = input … L = output) with
-    `width`, `readout_train_error`, `readout_test_error` and `converged` (the L-BFGS fit ended
-    within `max_iter`), and the network's own `network_train_error` / `network_test_error`.
+    of the logistic regression, or several, of which each layer's readout takes the best on a
+    held-out fifth of the training examples (the readout error depends on it by several
+    points: a fair comparison of layers of different widths needs it chosen). Returns a dataset over `layer` (0 = input … L = output) with
+    `width`, `readout_train_error`, `readout_test_error`, `C` (the one used) and `converged`
+    (the final L-BFGS fit ended within `max_iter`), and the network's own `network_train_error` / `network_test_error`.
     """
     from .._errors import UsageError
 
@@ -74,28 +88,33 @@ def linear_readout(net, x_train, y_train, x_test, y_test, *, solver, t_max: floa
             raise UsageError(f"no {name} examples")
     if len(np.unique(y_train)) < 2:
         raise UsageError("the training examples hold a single class: a readout needs at least two")
-    if not (C > 0 and max_iter >= 1 and batch_size >= 1):
+    Cs = tuple(float(c) for c in np.atleast_1d(C))
+    if not (Cs and all(c > 0 for c in Cs) and max_iter >= 1 and batch_size >= 1):
         raise UsageError(f"C={C}, max_iter={max_iter} and batch_size={batch_size} must be positive")
+    if len(Cs) > 1 and len(x_train) < 10:
+        raise UsageError(f"choosing C among {len(Cs)} values needs at least 10 training examples, got {len(x_train)}")
 
     done = len(x_train)
     tr = fixed_point_layers(net, x_train, solver=solver, t_max=t_max, batch_size=batch_size, progress=progress)
     te = fixed_point_layers(net, x_test, solver=solver, t_max=t_max, batch_size=batch_size,
                             progress=None if progress is None else (lambda k: progress(done + k)))
     layers = [(x_train, x_test), *zip(tr, te)]
-    rows = [_fit(a, y_train, b, y_test, C, max_iter) for a, b in layers]
+    rows = [_fit(a, y_train, b, y_test, Cs, max_iter) for a, b in layers]
     ds = xr.Dataset(
         {
             "width": ("layer", [a.shape[1] for a, _ in layers]),
             "readout_train_error": ("layer", [r[0] for r in rows]),
             "readout_test_error": ("layer", [r[1] for r in rows]),
+            "C": ("layer", [r[3] for r in rows]),
             "converged": ("layer", np.array([r[2] for r in rows], np.int8)),
             "network_train_error": ((), float(np.mean(tr[-1].argmax(1) != y_train))),
             "network_test_error": ((), float(np.mean(te[-1].argmax(1) != y_test))),
         },
         coords={"layer": np.arange(len(layers))},
         attrs={"title": "ctgep readout: linear readouts of each layer's free fixed point",
-               "probe": "multinomial logistic regression on standardised features (scikit-learn, L-BFGS)",
-               "C": float(C), "max_iter": int(max_iter), "t_max": float(t_max),
+               "probe": "multinomial logistic regression on standardised features (scikit-learn, L-BFGS); "
+                        "C chosen per layer on the last fifth of the training examples when C_grid has several",
+               "C_grid": list(Cs), "max_iter": int(max_iter), "t_max": float(t_max),
                "n_train": len(x_train), "n_test": len(x_test),
                "network": type(net).__name__, "sizes": str(getattr(net, "sizes", ""))},
     )
@@ -122,7 +141,10 @@ def plot_readout(ds: xr.Dataset, path=None):
     ax.set_xticks(layer, [f"{n}\n({int(k)})" for n, k in zip(names, ds["width"].values)])
     ax.set_ylabel("error (%)")
     ax.set_title(ds.attrs.get("source", "linear readout of each layer's free fixed point"), fontsize=9)
-    ax.legend(fontsize=8)
+    top = 100 * max(float(ds["readout_train_error"].max()), float(ds["readout_test_error"].max()),
+                    float(ds["network_test_error"]))
+    ax.set_ylim(0, 1.3 * top if top > 0 else 1)  # room for the legend above the bars
+    ax.legend(fontsize=8, ncol=3, loc="upper center")
     if path is not None:
         fig.savefig(path, dpi=120)
         plt.close(fig)
