@@ -71,9 +71,10 @@ def run_dir(tmp_path_factory):
 
 def test_cli_writes_netcdf_and_figure_and_agrees_with_evaluate(run_dir, tmp_path, capsys):
     out = tmp_path / "ro"
-    assert main(["readout", str(run_dir), "--n-train", "150", "--out", str(out), "--quiet"]) == 0
-    text = capsys.readouterr().out
-    assert "network's own output" in text and "input" in text
+    assert main(["readout", str(run_dir), "--n-train", "150", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "network's own output" in captured.out and "input" in captured.out
+    assert "fitting the readout of layer 2 (10 features)" in captured.err  # progress on stderr
     with xr.open_dataset(out / "readout.nc") as ds:
         ds = ds.load()
     assert ds.attrs["n_train"] == 150 and ds.attrs["n_test"] == 60  # TINY keeps 60 test examples

@@ -93,15 +93,18 @@ def run(args) -> int:
 
     def progress(k):
         bar.update(k - bar.n)
+        if k == bar.total:
+            bar.close()
+
+    def log(message):
+        print(f"[{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
 
     x_train = data.x_train[: args.n_train].astype("float32")  # as `ctgep evaluate` predicts
     x_test = data.x_test[:n_test].astype("float32")
     ds = linear_readout(r.net, x_train, data.y_train[: args.n_train], x_test, data.y_test[:n_test],
                         solver=ctgep.build_solver(r.card), t_max=r.card.phases.prediction_horizon,
                         C=args.C, max_iter=args.max_iter, batch_size=r.card.training.eval_batch_size,
-                        progress=None if bar is None else progress)
-    if bar is not None:
-        bar.close()
+                        progress=None if bar is None else progress, log=None if bar is None else log)
     epoch = r.checkpoint.get("epoch", "?")
     ds.attrs.update({"source": f"{args.run_dir} ({r.checkpoint.get('tag', args.checkpoint)}, epoch {epoch})",
                      "dataset": r.card.data.dataset})

@@ -65,16 +65,19 @@ def _fit(a_train, y_train, a_test, y_test, Cs, max_iter: int):
 
 
 def linear_readout(net, x_train, y_train, x_test, y_test, *, solver, t_max: float, C=(0.01, 0.1, 1.0),
-                   max_iter: int = 500, batch_size: int = 500, progress=None) -> xr.Dataset:
+                   max_iter: int = 500, batch_size: int = 500, progress=None, log=None) -> xr.Dataset:
     """Fit a linear readout to each layer's free fixed point and score it (see the module doc).
 
     `x_*`: inputs `(n, n_0)`; `y_*`: integer labels `(n,)`; `solver`, `t_max`: the relaxation
     (a card's: :func:`ctgep.build_solver` and its prediction horizon). `C`: inverse L2 strength
-    of the logistic regression, or several, of which each layer's readout takes the best on a
-    held-out fifth of the training examples (the readout error depends on it by several
-    points: a fair comparison of layers of different widths needs it chosen). Returns a dataset over `layer` (0 = input … L = output) with
-    `width`, `readout_train_error`, `readout_test_error`, `C` (the one used) and `converged`
-    (the final L-BFGS fit ended within `max_iter`), and the network's own `network_train_error` / `network_test_error`.
+    of the logistic regression, or several, of which each layer takes the best on a held-out
+    fifth of the training examples (the readout error moves by points with it, so layers of
+    different widths are compared fairly only with it chosen). Returns a dataset over `layer`
+    (0 = input … L = output) with `width`, `readout_train_error`, `readout_test_error`, `C`
+    (the one used) and `converged` (the final L-BFGS fit ended within `max_iter`), and the
+    network's own `network_train_error` / `network_test_error`. `progress(n)`: called with the
+    number of examples relaxed so far; `log(message)`: before each layer's fit (minutes for
+    wide layers).
     """
     from .._errors import UsageError
 
@@ -99,7 +102,11 @@ def linear_readout(net, x_train, y_train, x_test, y_test, *, solver, t_max: floa
     te = fixed_point_layers(net, x_test, solver=solver, t_max=t_max, batch_size=batch_size,
                             progress=None if progress is None else (lambda k: progress(done + k)))
     layers = [(x_train, x_test), *zip(tr, te)]
-    rows = [_fit(a, y_train, b, y_test, Cs, max_iter) for a, b in layers]
+    rows = []
+    for k, (a, b) in enumerate(layers):
+        if log is not None:
+            log(f"fitting the readout of {'the input' if k == 0 else f'layer {k}'} ({a.shape[1]} features)")
+        rows.append(_fit(a, y_train, b, y_test, Cs, max_iter))
     ds = xr.Dataset(
         {
             "width": ("layer", [a.shape[1] for a, _ in layers]),
