@@ -103,6 +103,7 @@ def run(args) -> int:
     x_test = data.x_test[:n_test].astype("float32")
     ds = linear_readout(r.net, x_train, data.y_train[: args.n_train], x_test, data.y_test[:n_test],
                         solver=ctgep.build_solver(r.card), t_max=r.card.phases.prediction_horizon,
+                        tol=r.card.phases.tol, stop_at_steady_state=r.card.phases.stop_at_steady_state,
                         C=args.C, max_iter=args.max_iter, batch_size=r.card.training.eval_batch_size,
                         progress=None if bar is None else progress, log=None if bar is None else log)
     epoch = r.checkpoint.get("epoch", "?")

@@ -18,21 +18,23 @@ import warnings
 import numpy as np
 import xarray as xr
 
-__all__ = ["fixed_point_layers", "linear_readout", "plot_readout"]
+__all__ = ["linear_readout", "plot_readout"]
 
 
-def fixed_point_layers(net, x, *, solver, t_max: float, batch_size: int = 500, progress=None) -> list[np.ndarray]:
-    """Each dynamic layer's state at the free fixed point on `x`, in batches of `batch_size`
-    (one `(n, n_l)` array per layer, input excluded). `progress(n_done)` is called per batch."""
+def _fixed_points(net, x, *, batch_size: int, progress, **relax) -> list[np.ndarray]:
+    """What each layer passes on at the free fixed point of `x`, relaxed in batches: the rates
+    `ρ(s_l)` of the hidden layers (what the next layer sees), then `net.output` (what the
+    network predicts from). `progress(n_done)` is called per batch."""
     import jax.numpy as jnp
 
+    from .._dynamics.activations import get_activation
     from .._simulation.phases import free_phase
 
+    rho = get_activation(net.activation) if isinstance(getattr(net, "activation", None), str) else (lambda s: s)
     parts = []
     for i in range(0, len(x), batch_size):
-        res = free_phase(net, jnp.asarray(x[i:i + batch_size]), solver=solver, t_max=t_max,
-                         stop_at_steady_state=False, policy="flag")
-        parts.append([np.asarray(s) for s in res.state])
+        state = free_phase(net, jnp.asarray(x[i:i + batch_size]), policy="flag", **relax).state
+        parts.append([np.asarray(rho(s)) for s in state[:-1]] + [np.asarray(net.output(state))])
         if progress is not None:
             progress(min(i + batch_size, len(x)))
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
@@ -53,8 +55,8 @@ def _fit(a_train, y_train, a_test, y_test, Cs, max_iter: int):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        C = Cs[0]
-        if len(Cs) > 1:
+        C = Cs[0]  # also when the held-out split leaves the fit a single class (tiny data)
+        if len(Cs) > 1 and len(np.unique(y_train[: len(a_train) - max(1, len(a_train) // 5)])) > 1:
             k = len(a_train) - max(1, len(a_train) // 5)
             scores = [_pipeline(c, max_iter).fit(a_train[:k], y_train[:k]).score(a_train[k:], y_train[k:]) for c in Cs]
             C = Cs[int(np.argmax(scores))]
@@ -64,12 +66,15 @@ def _fit(a_train, y_train, a_test, y_test, Cs, max_iter: int):
     return 1.0 - clf.score(a_train, y_train), 1.0 - clf.score(a_test, y_test), converged, C
 
 
-def linear_readout(net, x_train, y_train, x_test, y_test, *, solver, t_max: float, C=(0.01, 0.1, 1.0),
-                   max_iter: int = 500, batch_size: int = 500, progress=None, log=None) -> xr.Dataset:
+def linear_readout(net, x_train, y_train, x_test, y_test, *, solver, t_max: float, tol: float = 1e-4,
+                   stop_at_steady_state: bool = False, C=(0.01, 0.1, 1.0), max_iter: int = 500,
+                   batch_size: int = 500, progress=None, log=None) -> xr.Dataset:
     """Fit a linear readout to each layer's free fixed point and score it (see the module doc).
 
-    `x_*`: inputs `(n, n_0)`; `y_*`: integer labels `(n,)`; `solver`, `t_max`: the relaxation
-    (a card's: :func:`ctgep.build_solver` and its prediction horizon). `C`: inverse L2 strength
+    `x_*`: inputs `(n, n_0)`; `y_*`: integer labels `(n,)`; `solver`, `t_max`, `tol`,
+    `stop_at_steady_state`: the relaxation, as for :func:`ctgep.free_phase` (a card's: its
+    solver, prediction horizon and phase settings, as `ctgep evaluate` predicts). Each hidden
+    layer is read out from its rates `ρ(s_l)`, the last from `net.output`. `C`: inverse L2 strength
     of the logistic regression, or several, of which each layer takes the best on a held-out
     fifth of the training examples (the readout error moves by points with it, so layers of
     different widths are compared fairly only with it chosen). Returns a dataset over `layer`
@@ -98,9 +103,10 @@ def linear_readout(net, x_train, y_train, x_test, y_test, *, solver, t_max: floa
         raise UsageError(f"choosing C among {len(Cs)} values needs at least 10 training examples, got {len(x_train)}")
 
     done = len(x_train)
-    tr = fixed_point_layers(net, x_train, solver=solver, t_max=t_max, batch_size=batch_size, progress=progress)
-    te = fixed_point_layers(net, x_test, solver=solver, t_max=t_max, batch_size=batch_size,
-                            progress=None if progress is None else (lambda k: progress(done + k)))
+    relax = dict(solver=solver, t_max=t_max, tol=tol, stop_at_steady_state=stop_at_steady_state,
+                 batch_size=batch_size)
+    tr = _fixed_points(net, x_train, progress=progress, **relax)
+    te = _fixed_points(net, x_test, progress=None if progress is None else (lambda k: progress(done + k)), **relax)
     layers = [(x_train, x_test), *zip(tr, te)]
     rows = []
     for k, (a, b) in enumerate(layers):
@@ -121,7 +127,8 @@ def linear_readout(net, x_train, y_train, x_test, y_test, *, solver, t_max: floa
         attrs={"title": "ctgep readout: linear readouts of each layer's free fixed point",
                "probe": "multinomial logistic regression on standardised features (scikit-learn, L-BFGS); "
                         "C chosen per layer on the last fifth of the training examples when C_grid has several",
-               "C_grid": list(Cs), "max_iter": int(max_iter), "t_max": float(t_max),
+               "C_grid": list(Cs), "max_iter": int(max_iter), "t_max": float(t_max), "tol": float(tol),
+               "stop_at_steady_state": int(stop_at_steady_state),
                "n_train": len(x_train), "n_test": len(x_test),
                "network": type(net).__name__, "sizes": str(getattr(net, "sizes", ""))},
     )
