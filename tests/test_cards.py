@@ -103,6 +103,8 @@ CENTERED = GAUSS_SEIDEL + ["phases.t_eval=60", "learning.nudging=centered", "lea
     ("fashion-mnist_cnn.toml", ["training.epochs=20", "learning.homeostasis=0.01"], "fashion_mnist/cnn_homeostasis"),
     ("fashion-mnist_cnn.toml", ["training.epochs=20", "learning.homeostasis=0", "learning.learning_rates=[0.03,0.05,0.02]"],
      "fashion_mnist/cnn_l1small"),
+    ("fashion-mnist_cnn.toml", ["training.epochs=4", "learning.homeostasis=0", "learning.learning_rates=[0.03,0.05,0.02]",
+                                "training.init=studies/fashion_mnist/cnn_l1small"], "fashion_mnist/cnn_l1small_anneal"),
     ("fashion-mnist_784-512-512-10.toml", ["phases.t_nudged=5", "learning.homeostasis=0", "training.epochs=30"],
      "fashion_mnist/784-512-512-10_gauss_seidel"),
     ("fashion-mnist_784-512-512-10.toml", ["learning.homeostasis=0", "training.epochs=60"],
