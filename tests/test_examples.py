@@ -52,7 +52,7 @@ def _commands_in(text, markdown):
             continue  # an option named, not used
         if words[1] in ("evaluate", "resume") and (len(words) < 3 or words[2].startswith("-")):
             continue  # no run directory: a mention
-        if words[1] in ("check", "stability", "record") and len(words) == 2 and markdown:
+        if words[1] in ("check", "stability", "record", "readout") and len(words) == 2 and markdown:
             continue  # the command named in prose
         if c not in out:
             out.append(c)

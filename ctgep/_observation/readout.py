@@ -1,8 +1,8 @@
 """Linear readouts of every layer's free fixed point: has a layer learned features?
 
-A multinomial logistic regression (scikit-learn, on standardised features) is fitted to each
-layer's state at the free fixed point on training examples and scored on test examples, the
-input pixels included as layer 0. Set beside the network's own error (the argmax of its output
+A multinomial logistic regression (scikit-learn, on standardised features) is fitted to what
+each layer passes on at the free fixed point (a hidden layer's rates, the output layer's
+state) on training examples and scored on test examples, the input pixels included as layer 0. Set beside the network's own error (the argmax of its output
 layer), it separates the two ways a network can underfit:
 
 * the hidden layers carry little more than the pixels do (the readout of the last hidden layer
@@ -137,16 +137,15 @@ def linear_readout(net, x_train, y_train, x_test, y_test, *, solver, t_max: floa
 
 
 def plot_readout(ds: xr.Dataset, path=None):
-    """Readout train/test error per layer (bars) against the network's own test error (line)."""
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """Readout train/test error per layer (bars) against the network's own test error (line); a
+    `matplotlib.figure.Figure` built without pyplot (no display, no global backend), written to
+    `path` as PNG when given."""
+    from matplotlib.figure import Figure
 
     layer = ds["layer"].values
     names = ["input" if k == 0 else ("output" if k == layer[-1] else f"layer {k}") for k in layer]
-    fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = fig.subplots()
     w = 0.38
     ax.bar(layer - w / 2, 100 * ds["readout_train_error"].values, w, label="readout, train")
     ax.bar(layer + w / 2, 100 * ds["readout_test_error"].values, w, label="readout, test")
@@ -161,5 +160,4 @@ def plot_readout(ds: xr.Dataset, path=None):
     ax.legend(fontsize=8, ncol=3, loc="upper center")
     if path is not None:
         fig.savefig(path, dpi=120)
-        plt.close(fig)
     return fig
