@@ -56,8 +56,8 @@ def _fit(a_train, y_train, a_test, y_test, Cs, max_iter: int):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         C = Cs[0]  # also when the held-out split leaves the fit a single class (tiny data)
-        if len(Cs) > 1 and len(np.unique(y_train[: len(a_train) - max(1, len(a_train) // 5)])) > 1:
-            k = len(a_train) - max(1, len(a_train) // 5)
+        k = len(a_train) - max(1, len(a_train) // 5)  # fit on [:k], choose on [k:]
+        if len(Cs) > 1 and len(np.unique(y_train[:k])) > 1:
             scores = [_pipeline(c, max_iter).fit(a_train[:k], y_train[:k]).score(a_train[k:], y_train[k:]) for c in Cs]
             C = Cs[int(np.argmax(scores))]
             caught.clear()  # only the final fit's convergence is reported
