@@ -77,6 +77,43 @@ def test_forward_is_conv_then_average_pool_and_feedback_its_transpose(x64, layou
     np.testing.assert_allclose(net._backward(q, 1, _pooled_kernel(g, pool)[::-1, ::-1]), vjp(q)[0], atol=1e-13)
 
 
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("padding,side", [(1, 8), (0, 14)])
+def test_max_pooling_is_a_smooth_max_whose_feedback_follows_the_forward_response(x64, layout, padding, side):
+    net = ctgep.ConvNetwork((side, side, 2), (3, 4), (3, 3), 5, key=jr.PRNGKey(0), pool=2, pooling="max",
+                            pool_temperature=0.1, padding=padding, layout=layout, dtype=jnp.float64)
+    r = jr.uniform(jr.PRNGKey(1), (2, net.sizes[1]), jnp.float64)
+    img = net._image(r, 1)
+    nhwc = img if layout == "NHWC" else img.transpose(0, 2, 3, 1)
+    c = lax.conv_general_dilated(nhwc, net.Wf[1], (1, 1), [(padding, padding)] * 2,
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    n, h, w, ch = c.shape
+    ref = c.reshape(n, h // 2, 2, w // 2, 2, ch).max((2, 4))
+    ref = (ref if layout == "NHWC" else ref.transpose(0, 3, 1, 2)).reshape(2, -1)
+    out, weights = net._max_forward(r, 2, net.Wf[1])
+    # The smooth max lies within τ·log 4 above the block's maximum.
+    assert bool(jnp.all(out >= ref - 1e-12)) and bool(jnp.all(out <= ref + 0.1 * np.log(4) + 1e-12))
+    assert weights.shape == (2, h // 2, w // 2, ch, 4)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-12)
+    q = jr.normal(jr.PRNGKey(2), (2, net.sizes[2]), jnp.float64)
+    # With G = K the feedback is the transposed Jacobian of the forward map.
+    _, vjp = jax.vjp(lambda u: net._max_forward(u, 2, net.Wf[1])[0], r)
+    np.testing.assert_allclose(net._max_backward(q, 1, net.Wf[1], weights), vjp(q)[0], atol=1e-12)
+    # With its own kernel G it is the adjoint of "convolve by G, weigh by the forward's softmax".
+    g = net.Wb[0]
+    masked = lambda u: net._flat(jnp.sum(net._blocks(net._conv_full(u, 2, g)) * weights, axis=-1))
+    back = net._max_backward(q, 1, g, weights)
+    np.testing.assert_allclose(back, jax.vjp(masked, r)[1](q)[0], atol=1e-12)
+    # … which is not the average-pooling feedback.
+    assert not np.allclose(back, net._backward(q, 1, _pooled_kernel(g, 2)[::-1, ::-1]), atol=1e-3)
+    # At a small temperature the drive is the hard maximum and the weights pick one position.
+    cold = ctgep.ConvNetwork((side, side, 2), (3, 4), (3, 3), 5, key=jr.PRNGKey(0), pool=2, pooling="max",
+                             pool_temperature=1e-4, padding=padding, layout=layout, dtype=jnp.float64)
+    out, weights = cold._max_forward(r, 2, cold.Wf[1])
+    np.testing.assert_allclose(out, ref, atol=2e-4)
+    assert float(jnp.median(weights.max(-1))) > 0.99
+
+
 def test_feedback_is_untied(x64):
     net, x, _ = tiny(1)
     s = tuple(jr.uniform(k, a.shape, jnp.float64) for k, a in zip(jr.split(jr.PRNGKey(4), 3), net.init_state(x)))
@@ -134,6 +171,20 @@ def test_the_transposed_feedback_makes_the_linear_jacobian_symmetric(x64):
     assert np.abs(J - np.swapaxes(J, -1, -2)).max() > 1e-2
 
 
+def test_the_transposed_feedback_makes_the_linear_jacobian_symmetric_with_max_pooling(x64):
+    net = ctgep.ConvNetwork(**TINY, key=jr.PRNGKey(2), feedback="transpose", activation="hard_sigmoid",
+                            pooling="max", pool_temperature=0.1, dtype=jnp.float64)
+    x = jr.uniform(jr.PRNGKey(3), (1, net.sizes[0]), jnp.float64)
+    s = tuple(0.3 + 0.4 * jr.uniform(k, a.shape, jnp.float64)
+              for k, a in zip(jr.split(jr.PRNGKey(5), 3), net.init_state(x)))
+    J = np.asarray(G.jacobian(net, x, s))
+    np.testing.assert_allclose(J, np.swapaxes(J, -1, -2), atol=1e-12)
+    # The forward response routes the coupling: it differs from average pooling's.
+    avg = ctgep.ConvNetwork(**TINY, key=jr.PRNGKey(2), feedback="transpose", activation="hard_sigmoid",
+                            dtype=jnp.float64)
+    assert np.abs(J - np.asarray(G.jacobian(avg, x, s))).max() > 1e-2
+
+
 def test_fixed_point_is_reached(x64):
     net, x, _ = tiny(3)
     r = ctgep.free_phase(net, x, solver=G.TIGHT, tol=1e-10, t_max=200.0)
@@ -156,6 +207,13 @@ def test_rbp_equals_finite_differences(x64):
     assert jax.tree_util.tree_structure(exact) == jax.tree_util.tree_structure(params)
 
 
+def test_rbp_equals_finite_differences_with_max_pooling(x64):
+    net, x, y = tiny(4, pooling="max")
+    assert bool(jnp.all(ctgep.free_phase(net, x, solver=G.TIGHT, tol=1e-10, t_max=200.0).converged))
+    s = G.fixed_point(net, x)
+    assert G.relative_error(G.rbp(net, x, y, s_free=s), G.finite_difference(net, x, y, s_free=s)) <= 1e-6
+
+
 @pytest.mark.slow
 def test_rbp_equals_finite_differences_without_pooling(x64):
     net, x, y = tiny(5, input_shape=(6, 6, 1), padding=0, pool=1, activation="tanh")
@@ -164,9 +222,9 @@ def test_rbp_equals_finite_differences_without_pooling(x64):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rule", ["endpoint", "integrated"])
-def test_ep_tends_to_nu_at_order_beta(x64, rule):
-    net, x, y = tiny(6, activation="smooth_hard_sigmoid")
+@pytest.mark.parametrize("rule,pooling", [("endpoint", "average"), ("integrated", "average"), ("endpoint", "max")])
+def test_ep_tends_to_nu_at_order_beta(x64, rule, pooling):
+    net, x, y = tiny(6, activation="smooth_hard_sigmoid", pooling=pooling)
     s = G.fixed_point(net, x)
     nu = G.nu(net, x, y, s_free=s)
     free = eqx.tree_at(lambda r: r.state, ctgep.free_phase(net, x, solver=G.TIGHT, tol=1e-9), s)
@@ -238,6 +296,18 @@ def test_conv_card_keys_are_validated():
         ctgep.load_card("digits", ["model.channels=[8]"])
     with pytest.raises(ctgep.CardError, match="model.kind"):
         ctgep.load_card("digits", ["model.kind=dense"])
+    net = ctgep.build_network(ctgep.load_card("digits", conv + ["model.pooling=max"]), jr.PRNGKey(0))
+    assert net.pooling == "max"
+    with pytest.raises(ctgep.CardError, match="model.pooling='mean' must be 'average' or 'max'"):
+        ctgep.load_card("digits", conv + ["model.pooling=mean"])
+    with pytest.raises(ctgep.CardError, match="model.pooling='max' describes convolutional layers"):
+        ctgep.load_card("digits", ["model.pooling=max"])
+    with pytest.raises(ValueError, match="pooling"):
+        ctgep.ConvNetwork(**TINY, key=jr.PRNGKey(0), pooling="min")
+    with pytest.raises(ctgep.CardError, match="pool_temperature=0.0 must be > 0"):
+        ctgep.load_card("digits", conv + ["model.pooling=max", "model.pool_temperature=0"])
+    hard = ctgep.load_card("digits", conv + ["model.pooling=max", "model.pool_temperature=0.03"])
+    assert ctgep.build_network(hard, jr.PRNGKey(0)).pool_temperature == 0.03
     with pytest.raises(ctgep.CardError, match="model.layout"):
         ctgep.load_card("digits", conv + ["model.layout=CHWN"])
     with pytest.raises(ctgep.CardError, match="model.image"):

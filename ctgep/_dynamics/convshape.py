@@ -23,7 +23,7 @@ def conv_maps(input_shape, channels, kernels, pool: int = 2, padding: int = 0) -
         hc, wc = h + 2 * padding - k + 1, w + 2 * padding - k + 1
         if hc < pool or wc < pool or hc % pool or wc % pool:
             raise ValueError(f"conv layer {l}: a {h}×{w} map convolved by {k}×{k} (padding {padding}) "
-                             f"is {hc}×{wc}, which {pool}×{pool} average pooling does not tile")
+                             f"is {hc}×{wc}, which {pool}×{pool} pooling does not tile")
         h, w, c = hc // pool, wc // pool, ch
         maps.append((h, w, c))
     return maps

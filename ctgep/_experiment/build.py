@@ -58,7 +58,8 @@ def build_network(card: Card, key) -> LayeredNetwork | ConvNetwork:
     feedback = m.feedback if m.feedback in ("random", "transpose") else float(m.feedback)
     if m.kind == "conv":
         return ConvNetwork(m.image_shape(), m.channels, m.kernels, m.sizes[-1], m.activation, key=key,
-                           pool=m.pool, padding=m.padding, feedback=feedback, layout=m.layout)
+                           pool=m.pool, pooling=m.pooling, pool_temperature=m.pool_temperature,
+                           padding=m.padding, feedback=feedback, layout=m.layout)
     return LayeredNetwork(m.sizes, m.activation, key=key, feedback=feedback)
 
 

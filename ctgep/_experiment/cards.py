@@ -47,7 +47,9 @@ class ModelSection:
     kind: str = "layered"
     channels: list[int] = dataclasses.field(default_factory=list)  # conv: feature maps per conv layer
     kernels: list[int] = dataclasses.field(default_factory=list)  # conv: kernel side per conv layer
-    pool: int = 2  # conv: side of the average-pooling blocks after each convolution (1: none)
+    pool: int = 2  # conv: side of the pooling blocks after each convolution (1: none)
+    pooling: str = "average"  # conv: "average", or "max" (smoothed, routed by the forward drive)
+    pool_temperature: float = 0.1  # conv, max pooling: τ of the smooth max τ·logsumexp(y/τ)
     padding: int = 0  # conv: zero padding of each convolution (0: "valid")
     image: list[int] = dataclasses.field(default_factory=list)  # conv: input [H, W, C]; []: square, 1 channel
     layout: str = "NHWC"  # conv: "NHWC" or "NCHW", the feature maps' memory order (speed only)
@@ -441,11 +443,19 @@ def _validate_model_kind(m: ModelSection) -> None:
             if getattr(m, key):
                 raise CardError(f"model.{key} describes convolutional layers; set model.kind = 'conv' "
                                 f"or leave model.{key} empty")
+        if m.pooling != "average":
+            raise CardError(f"model.pooling={m.pooling!r} describes convolutional layers; set "
+                            "model.kind = 'conv' or leave it at 'average'")
         return
     from .._dynamics.convshape import conv_sizes  # plain Python, no JAX
 
     if m.layout not in ("NHWC", "NCHW"):
         raise CardError(f"model.layout={m.layout!r} must be 'NHWC' or 'NCHW'")
+    if m.pooling not in ("average", "max"):
+        raise CardError(f"model.pooling={m.pooling!r} must be 'average' or 'max'")
+    if not m.pool_temperature > 0:
+        raise CardError(f"model.pool_temperature={m.pool_temperature!r} must be > 0 (hard max pooling "
+                        "makes the feedback jump and the dynamics lose their fixed point)")
     if m.image and (len(m.image) != 3 or min(m.image) < 1 or math.prod(m.image) != m.sizes[0]):
         raise CardError(f"model.image={m.image!r} must be [H, W, C] with H·W·C = model.sizes[0] = {m.sizes[0]}")
     h, w, c = m.image_shape()
