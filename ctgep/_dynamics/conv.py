@@ -25,17 +25,16 @@ convolving then pooling); `B_l` is the matching stride-`p` transposed convolutio
 
 `pooling="max"` is the max pooling of discrete-time convolutional EP (Ernoult et al. 2019,
 Laborieux et al. 2021), smoothed so that the dynamics keep their fixed points: each block's
-drive is `τ·logsumexp(y/τ)` of its forward responses `y = conv(ρ(s_{l−1}), K_l)` (the block's
-maximum, within `τ·log p²`), and `B_{l−1}` spreads layer `l`'s rates over the block by the
-softmax weights `softmax(y/τ)` (that drive's derivative) before the stride-1 transposed
-convolution by the untied `G_{l−1}`. The kernel stays untied; *where* the error goes is read
-from the forward response, as the switches of a max-pooling layer's backward pass are. With
-`G = K` and `ρ' = 1` the Jacobian is symmetric, as for average pooling. Hard switches (`τ = 0`)
-are refused: the feedback then jumps whenever a block's largest response changes, and on small
-networks with untied feedback the free phase mostly never settles (5 of 6 random networks, by
-every solver); at `τ = 0.03–0.3` Euler (dt 0.5) and Tsit5 settle on all six (block Gauss–Seidel
-on 4–6 of them). The convolutions run at stride 1 and full
-resolution (about 2–3× the multiply-adds of the folded average pooling).
+drive is `τ·log mean exp(y/τ)` of its forward responses `y = conv(ρ(s_{l−1}), K_l)` (between
+the block's mean, τ → ∞, and its maximum, τ → 0), and `B_{l−1}` spreads layer `l`'s rates over
+the block by the softmax weights `softmax(y/τ)` (that drive's derivative) before the stride-1
+transposed convolution by the untied `G_{l−1}`. The kernel stays untied; *where* the error
+goes is read from the forward response, as the switches of a max-pooling layer's backward
+pass are. With `G = K` and `ρ' = 1` the Jacobian is symmetric, as for average pooling. Hard
+switches (`τ = 0`) are refused: the feedback then jumps whenever a block's largest response
+changes, and on small networks with untied feedback the free phase mostly never settles (5 of 6
+random networks, by every solver). The convolutions run at stride 1 and full resolution (4× the
+time per training step of the folded average pooling: studies/benchmarks/RESULTS.md).
 
 A layer's `μ` needs only its neighbours' rates, so the alternating (Gauss–Seidel) Euler order
 applies unchanged. The state stays the library's convention, one `(batch, n_l)` array per layer:
@@ -115,7 +114,7 @@ class ConvNetwork(AbstractRateNetwork, strict=True):
         key: PRNGKeyArray,
         pool: int = 2,
         pooling: str = "average",
-        pool_temperature: float = 0.1,
+        pool_temperature: float = 0.3,
         padding: int = 0,
         feedback: str | float = "random",
         layout: str = "NHWC",
@@ -229,12 +228,14 @@ class ConvNetwork(AbstractRateNetwork, strict=True):
         return img.reshape(img.shape[0], -1)
 
     def _max_forward(self, rates, l: int, kernel):
-        """`F_l` with smooth max pooling: layer `l`'s drive (flat), `τ·logsumexp(y/τ)` over each
+        """`F_l` with smooth max pooling: layer `l`'s drive (flat), `τ·log mean exp(y/τ)` over each
         block of `y = conv(rates, kernel)`, and the block's softmax weights `(batch, h, w, C_l, p·p)`
         (the derivative of that drive by `y`), which route the feedback."""
         blocks = self._blocks(self._conv_full(rates, l, kernel)) / self.pool_temperature
         weights = jax.nn.softmax(blocks, axis=-1)
-        return self._flat(self.pool_temperature * jax.nn.logsumexp(blocks, axis=-1)), weights
+        # log-mean-exp: between the block's mean (τ → ∞) and its maximum (τ → 0)
+        pooled = jax.nn.logsumexp(blocks, axis=-1) - math.log(blocks.shape[-1])
+        return self._flat(self.pool_temperature * pooled), weights
 
     def _max_backward(self, rates, l: int, kernel, weights):
         """`B_l` with smooth max pooling: layer `l+1`'s rates (flat) spread over each block by the

@@ -49,7 +49,7 @@ class ModelSection:
     kernels: list[int] = dataclasses.field(default_factory=list)  # conv: kernel side per conv layer
     pool: int = 2  # conv: side of the pooling blocks after each convolution (1: none)
     pooling: str = "average"  # conv: "average", or "max" (smoothed, routed by the forward drive)
-    pool_temperature: float = 0.1  # conv, max pooling: τ of the smooth max τ·logsumexp(y/τ)
+    pool_temperature: float = 0.3  # conv, max pooling: τ of the smooth max τ·log mean exp(y/τ)
     padding: int = 0  # conv: zero padding of each convolution (0: "valid")
     image: list[int] = dataclasses.field(default_factory=list)  # conv: input [H, W, C]; []: square, 1 channel
     layout: str = "NHWC"  # conv: "NHWC" or "NCHW", the feature maps' memory order (speed only)

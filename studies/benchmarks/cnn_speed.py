@@ -17,6 +17,10 @@ when the table in studies/benchmarks/RESULTS.md was measured, 25 + 8 since).
 
     python studies/benchmarks/cnn_speed.py --data-dir DIR [--examples 1000]
         [--settings gauss-seidel paper] [--layouts NHWC NCHW] [--batch-sizes 20 50]
+        [--poolings average max]
+
+With ``max`` pooling (``model.pooling = "max"``) the convolutions run at stride 1 (a smooth max
+over each block, the feedback weighted by its softmax), without the average pooling's folding.
 """
 
 import argparse
@@ -91,8 +95,12 @@ def time_convolutions(card, n_evals):
 
             def body(_, s):
                 s1, s2, s3 = s
-                a = net._forward(s1, 2, fwd[1])  # map 1 → map 2 (stride-2 conv)
-                b = net._backward(s2, 1, back[0])  # map 2 → map 1 (transposed conv)
+                if net.pooling == "max":  # stride-1 conv, smooth max, weighted transposed conv
+                    a, weights = net._max_forward(s1, 2, fwd[1])
+                    b = net._max_backward(s2, 1, back[0], weights)
+                else:
+                    a = net._forward(s1, 2, fwd[1])  # map 1 → map 2 (stride-2 conv)
+                    b = net._backward(s2, 1, back[0])  # map 2 → map 1 (transposed conv)
                 c = s2 @ w_out_t  # map 2 → output
                 d = s3 @ v_t  # output → map 2
                 return (0.5 * (s1 + b + inputs[0]), 0.5 * (s2 + a + d), 0.5 * (s3 + c))
@@ -116,22 +124,25 @@ def main(argv=None):
     parser.add_argument("--settings", nargs="+", default=["gauss-seidel", "paper"], choices=list(CARDS))
     parser.add_argument("--layouts", nargs="+", default=["NHWC", "NCHW"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[20, 50])
+    parser.add_argument("--poolings", nargs="+", default=["average"], choices=["average", "max"])
     args = parser.parse_args(argv)
 
     data = ctgep.load_dataset("mnist", data_dir=args.data_dir, download=False)
     print(f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {platform.node()}  "
           f"{os.cpu_count()} CPUs  jax {jax.__version__}  load {os.getloadavg()[0]:.1f}")
-    print("| setting | layout | batch | evaluations | step, ms/example | convolutions alone, ms/example | ratio | epoch (60 000), min |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| setting | pooling | layout | batch | evaluations | step, ms/example | convolutions alone, ms/example | ratio | epoch (60 000), min |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for setting in args.settings:
-        for layout in args.layouts:
-            for bs in args.batch_sizes:
-                card = ctgep.load_card(CARDS[setting], [f"model.layout={layout}", f"training.batch_size={bs}"])
-                n = evaluations(card)
-                step_ms = time_training(card, data, args.examples)
-                conv_ms = time_convolutions(card, n)
-                print(f"| {setting} | {layout} | {bs} | {n} | {step_ms:.2f} | {conv_ms:.2f} | "
-                      f"{conv_ms / step_ms:.0%} | {step_ms * 60000 / 1e3 / 60:.1f} |", flush=True)
+        for pooling in args.poolings:
+            for layout in args.layouts:
+                for bs in args.batch_sizes:
+                    card = ctgep.load_card(CARDS[setting], [f"model.layout={layout}", f"training.batch_size={bs}",
+                                                            f"model.pooling={pooling}"])
+                    n = evaluations(card)
+                    step_ms = time_training(card, data, args.examples)
+                    conv_ms = time_convolutions(card, n)
+                    print(f"| {setting} | {pooling} | {layout} | {bs} | {n} | {step_ms:.2f} | {conv_ms:.2f} | "
+                          f"{conv_ms / step_ms:.0%} | {step_ms * 60000 / 1e3 / 60:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
