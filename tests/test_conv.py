@@ -55,21 +55,28 @@ def test_sizes_that_do_not_tile_are_refused():
         ctgep.ConvNetwork(**TINY, key=jr.PRNGKey(0), feedback="mirror")
 
 
+def _pooled_reference(net, r, padding, pool, reduce):
+    """Layer 1's rates `r` convolved by `K_2` at stride 1 in NHWC, each `pool×pool` block reduced
+    by `reduce` (`"mean"` or `"max"`), as flat rows in the network's layout."""
+    img = net._image(r, 1)
+    nhwc = img if net.layout == "NHWC" else img.transpose(0, 2, 3, 1)
+    c = lax.conv_general_dilated(nhwc, net.Wf[1], (1, 1), [(padding, padding)] * 2,
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    n, h, w, ch = c.shape
+    ref = getattr(c.reshape(n, h // pool, pool, w // pool, pool, ch), reduce)((2, 4))
+    ref = ref if net.layout == "NHWC" else ref.transpose(0, 3, 1, 2)
+    return ref.reshape(n, -1), (h // pool, w // pool, ch)
+
+
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("pool,padding,side", [(2, 1, 8), (2, 0, 14), (1, 0, 6)])
 def test_forward_is_conv_then_average_pool_and_feedback_its_transpose(x64, layout, pool, padding, side):
     net = ctgep.ConvNetwork((side, side, 2), (3, 4), (3, 3), 5, key=jr.PRNGKey(0), pool=pool,
                             padding=padding, layout=layout, dtype=jnp.float64)
     r = jr.uniform(jr.PRNGKey(1), (2, net.sizes[1]), jnp.float64)
-    img = net._image(r, 1)
-    nhwc = img if layout == "NHWC" else img.transpose(0, 2, 3, 1)
-    c = lax.conv_general_dilated(nhwc, net.Wf[1], (1, 1), [(padding, padding)] * 2,
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    n, h, w, ch = c.shape
-    ref = c.reshape(n, h // pool, pool, w // pool, pool, ch).mean((2, 4))
-    ref = ref if layout == "NHWC" else ref.transpose(0, 3, 1, 2)
+    ref, _ = _pooled_reference(net, r, padding, pool, "mean")
     out = net._forward(r, 2, _pooled_kernel(net.Wf[1], pool))
-    np.testing.assert_allclose(out, ref.reshape(2, -1), atol=1e-13)
+    np.testing.assert_allclose(out, ref, atol=1e-13)
     # The feedback by G is exactly the adjoint of the forward map by G (pooling included).
     g = net.Wb[0]
     q = jr.normal(jr.PRNGKey(2), (2, net.sizes[2]), jnp.float64)
@@ -83,20 +90,13 @@ def test_max_pooling_is_a_smooth_max_whose_feedback_follows_the_forward_response
     net = ctgep.ConvNetwork((side, side, 2), (3, 4), (3, 3), 5, key=jr.PRNGKey(0), pool=2, pooling="max",
                             pool_temperature=0.1, padding=padding, layout=layout, dtype=jnp.float64)
     r = jr.uniform(jr.PRNGKey(1), (2, net.sizes[1]), jnp.float64)
-    img = net._image(r, 1)
-    nhwc = img if layout == "NHWC" else img.transpose(0, 2, 3, 1)
-    c = lax.conv_general_dilated(nhwc, net.Wf[1], (1, 1), [(padding, padding)] * 2,
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    n, h, w, ch = c.shape
-    ref = c.reshape(n, h // 2, 2, w // 2, 2, ch).max((2, 4))
-    ref = (ref if layout == "NHWC" else ref.transpose(0, 3, 1, 2)).reshape(2, -1)
+    ref, (h, w, ch) = _pooled_reference(net, r, padding, 2, "max")
+    mean, _ = _pooled_reference(net, r, padding, 2, "mean")
     out, weights = net._max_forward(r, 2, net.Wf[1])
     # The smooth max (log-mean-exp) lies between the block's mean and its maximum.
-    mean = c.reshape(n, h // 2, 2, w // 2, 2, ch).mean((2, 4))
-    mean = (mean if layout == "NHWC" else mean.transpose(0, 3, 1, 2)).reshape(2, -1)
     assert bool(jnp.all(out <= ref + 1e-12)) and bool(jnp.all(out >= mean - 1e-12))
     assert float(jnp.max(ref - out)) > 1e-3
-    assert weights.shape == (2, h // 2, w // 2, ch, 4)
+    assert weights.shape == (2, h, w, ch, 4)
     np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-12)
     q = jr.normal(jr.PRNGKey(2), (2, net.sizes[2]), jnp.float64)
     # With G = K the feedback is the transposed Jacobian of the forward map.
