@@ -125,9 +125,9 @@ class ConvNetwork(AbstractRateNetwork, strict=True):
         `input_shape`: `(H, W, C_in)`. `channels`, `kernels`: feature maps and kernel side of
         each conv layer. `pool`: side of the pooling blocks after each convolution (1: none);
         `pooling`: "average" or "max", the latter smoothed at `pool_temperature` (see the
-        module's docstring). `feedback`: "random" (independent Glorot draws, the default), "transpose"
-        (`G_l = K_{l+1}`, `V_C = W_Lᵀ` at initialisation only) or an angle in degrees between
-        each feedback array and its forward counterpart. `layout`: "NHWC" or "NCHW", how the
+        module's docstring). `feedback`: "random" (independent Glorot draws, the default),
+        "transpose" (`G_l = K_{l+1}`, `V_C = W_Lᵀ` at initialisation only) or an angle in
+        degrees between each feedback array and its forward counterpart. `layout`: "NHWC" or "NCHW", how the
         feature maps are laid out in the flat state and convolved (a speed choice).
         """
         get_activation(activation)
