@@ -214,6 +214,21 @@ def test_rbp_equals_finite_differences(x64):
     assert jax.tree_util.tree_structure(exact) == jax.tree_util.tree_structure(params)
 
 
+@pytest.mark.slow
+def test_near_hard_max_pooling_loses_the_fixed_point_and_the_smooth_one_keeps_it(x64):
+    # Why τ > 0 is required: with switches that jump, most small untied networks have no fixed
+    # point for the free phase to settle to; at the default τ all of them settle.
+    def settled(tau):
+        count = 0
+        for seed in range(6):
+            net, x, _ = tiny(seed, pooling="max", pool_temperature=tau)
+            count += bool(jnp.all(ctgep.free_phase(net, x, solver=ctgep.Euler(dt=0.5), tol=1e-9, t_max=400.0).converged))
+        return count
+
+    assert settled(1e-9) <= 2
+    assert settled(0.3) == 6
+
+
 def test_rbp_equals_finite_differences_with_max_pooling(x64):
     net, x, y = tiny(4, pooling="max")
     assert bool(jnp.all(ctgep.free_phase(net, x, solver=G.TIGHT, tol=1e-10, t_max=200.0).converged))

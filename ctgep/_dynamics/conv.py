@@ -32,8 +32,8 @@ transposed convolution by the untied `G_{l−1}`. The kernel stays untied; *wher
 goes is read from the forward response, as the switches of a max-pooling layer's backward
 pass are. With `G = K` and `ρ' = 1` the Jacobian is symmetric, as for average pooling. Hard
 switches (`τ = 0`) are refused: the feedback then jumps whenever a block's largest response
-changes, and on small networks with untied feedback the free phase mostly never settles (5 of 6
-random networks, by every solver). The convolutions run at stride 1 and full resolution (4× the
+changes, and on small networks with untied feedback the free phase mostly never settles (5 or 6 of 6
+random networks, by each of Euler, block Gauss–Seidel and Tsit5). The convolutions run at stride 1 and full resolution (4× the
 time per training step of the folded average pooling: studies/benchmarks/RESULTS.md).
 
 A layer's `μ` needs only its neighbours' rates, so the alternating (Gauss–Seidel) Euler order
