@@ -207,13 +207,21 @@ class ConvNetwork(AbstractRateNetwork, strict=True):
 
     # -- smooth max pooling: stride-1 convolutions, routing weights read from the forward drive
 
+    def _to_nhwc(self, img):
+        """A feature-map image in the network's layout as NHWC."""
+        return img if self.layout == "NHWC" else img.transpose(0, 2, 3, 1)
+
+    def _from_nhwc(self, img):
+        """An NHWC image in the network's layout."""
+        return img if self.layout == "NHWC" else img.transpose(0, 3, 1, 2)
+
     def _conv_full(self, rates, l: int, kernel):
         """Layer `l−1`'s rates (flat) convolved at stride 1 by `kernel`, as an NHWC image
         `(batch, H_c, W_c, C_l)` (before pooling)."""
         pad = self.padding
         out = lax.conv_general_dilated(self._image(rates, l - 1), kernel, (1, 1), [(pad, pad)] * 2,
                                        dimension_numbers=self._dims())
-        return out if self.layout == "NHWC" else out.transpose(0, 2, 3, 1)
+        return self._to_nhwc(out)
 
     def _blocks(self, full):
         """An NHWC image `(n, p·h, p·w, c)` as its pooling blocks `(n, h, w, c, p·p)`."""
@@ -222,10 +230,15 @@ class ConvNetwork(AbstractRateNetwork, strict=True):
         blocks = full.reshape(n, hp // p, p, wp // p, p, c).transpose(0, 1, 3, 5, 2, 4)
         return blocks.reshape(n, hp // p, wp // p, c, p * p)
 
+    def _unblocks(self, blocks):
+        """The inverse of :meth:`_blocks`: `(n, h, w, c, p·p)` → the NHWC image `(n, p·h, p·w, c)`."""
+        n, h, w, c, _ = blocks.shape
+        p = self.pool
+        return blocks.reshape(n, h, w, c, p, p).transpose(0, 1, 4, 2, 5, 3).reshape(n, h * p, w * p, c)
+
     def _flat(self, nhwc):
         """An NHWC image back to flat rows in the network's layout."""
-        img = nhwc if self.layout == "NHWC" else nhwc.transpose(0, 3, 1, 2)
-        return img.reshape(img.shape[0], -1)
+        return self._from_nhwc(nhwc).reshape(nhwc.shape[0], -1)
 
     def _max_forward(self, rates, l: int, kernel):
         """`F_l` with smooth max pooling: layer `l`'s drive (flat), `τ·log mean exp(y/τ)` over each
@@ -241,13 +254,8 @@ class ConvNetwork(AbstractRateNetwork, strict=True):
         """`B_l` with smooth max pooling: layer `l+1`'s rates (flat) spread over each block by the
         forward drive's softmax weights, then the stride-1 transposed convolution by the feedback
         kernel (unpooled) → layer `l` (flat)."""
-        h, w, c = self.maps[l + 1]
-        p = self.pool
-        r = self._image(rates, l + 1)
-        r = r if self.layout == "NHWC" else r.transpose(0, 2, 3, 1)
-        up = (r[..., None] * weights).reshape(r.shape[0], h, w, c, p, p)
-        up = up.transpose(0, 1, 4, 2, 5, 3).reshape(r.shape[0], h * p, w * p, c)
-        up = up if self.layout == "NHWC" else up.transpose(0, 3, 1, 2)
+        r = self._to_nhwc(self._image(rates, l + 1))
+        up = self._from_nhwc(self._unblocks(r[..., None] * weights))
         edge = kernel.shape[0] - 1 - self.padding
         out = lax.conv_general_dilated(up, kernel[::-1, ::-1], (1, 1), [(edge, edge)] * 2,
                                        dimension_numbers=self._dims(True))

@@ -2,8 +2,9 @@
 
 A multinomial logistic regression (scikit-learn, on standardised features) is fitted to what
 each layer passes on at the free fixed point (a hidden layer's rates, the output layer's
-state) on training examples and scored on test examples, the input pixels included as layer 0. Set beside the network's own error (the argmax of its output
-layer), it separates the two ways a network can underfit:
+state) on training examples and scored on test examples, the input pixels included as layer 0.
+Set beside the network's own error (the argmax of its output layer), it separates the two ways
+a network can underfit:
 
 * the hidden layers carry little more than the pixels do (the readout of the last hidden layer
   is no better than the readout of the input): the *features* are the limit;
