@@ -33,8 +33,13 @@ goes is read from the forward response, as the switches of a max-pooling layer's
 pass are. With `G = K` and `ρ' = 1` the Jacobian is symmetric, as for average pooling. Hard
 switches (`τ = 0`) are refused: the feedback then jumps whenever a block's largest response
 changes, and on small networks with untied feedback the free phase mostly never settles (5 or 6 of 6
-random networks, by each of Euler, block Gauss–Seidel and Tsit5). The convolutions run at stride 1 and full resolution (4× the
-time per training step of the folded average pooling: studies/benchmarks/RESULTS.md).
+random networks, by each of Euler, block Gauss–Seidel and Tsit5). The convolutions run at stride 1 and full resolution (several times
+the time per training step of the folded average pooling: studies/benchmarks/RESULTS.md).
+
+Convolutions are matrix products of shifted views (im2col, :func:`_convolve`) and transposed
+convolutions the adjoint products added back in place (col2im, :func:`_convolve_transpose`):
+on the CPU both are faster than `lax.conv_general_dilated` at these shapes, the transposed one
+most (no dilation zeros).
 
 A layer's `μ` needs only its neighbours' rates, so the alternating (Gauss–Seidel) Euler order
 applies unchanged. The state stays the library's convention, one `(batch, n_l)` array per layer:
@@ -50,7 +55,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jax import lax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .activations import get_activation
@@ -67,6 +71,39 @@ def _glorot_kernel(key, shape, dtype):
     k1, k2, c_in, c_out = shape
     limit = math.sqrt(6.0 / (k1 * k2 * (c_in + c_out)))
     return jr.uniform(key, shape, dtype, -limit, limit)
+
+
+def _convolve(img, kernel, stride: int = 1, pad: int = 0):
+    """An NHWC image `(n, H, W, C_in)` cross-correlated by an HWIO kernel `(k, k, C_in, C_out)`,
+    zero padding `pad`, output stride `stride`.
+
+    One matrix product of the `k²` shifted (strided) views of the image, side by side, with the
+    kernel's `(k²·C_in, C_out)` matrix (im2col): faster than `lax.conv_general_dilated` on the
+    CPU at this library's shapes (studies/benchmarks/RESULTS.md)."""
+    k, _, c_in, c_out = kernel.shape
+    img = jnp.pad(img, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    h, w = (img.shape[1] - k) // stride + 1, (img.shape[2] - k) // stride + 1
+    views = [img[:, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w - 1) + 1 : stride, :]
+             for i in range(k) for j in range(k)]
+    return jnp.concatenate(views, axis=-1) @ kernel.reshape(k * k * c_in, c_out)
+
+
+def _convolve_transpose(img, kernel, stride: int = 1, pad: int = 0):
+    """The adjoint of :func:`_convolve` (same kernel, stride and padding) in its image: an NHWC
+    `(n, h, w, C_out)` → `(n, (h−1)·stride + k − 2·pad, …, C_in)`.
+
+    One matrix product by the kernel's transposed matrix gives each position's `k×k×C_in`
+    contribution, and the `k²` shifted copies are added at their places (col2im), without the
+    zeros that a dilated convolution would multiply."""
+    k, _, c_in, c_out = kernel.shape
+    n, h, w, _ = img.shape
+    cols = (img @ kernel.reshape(k * k * c_in, c_out).T).reshape(n, h, w, k, k, c_in)
+    size_h, size_w = stride * (h - 1) + k, stride * (w - 1) + k
+    out = jnp.zeros((n, size_h, size_w, c_in), img.dtype)
+    for i in range(k):
+        for j in range(k):
+            out = out.at[:, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w - 1) + 1 : stride, :].add(cols[:, :, :, i, j, :])
+    return out[:, pad : size_h - pad, pad : size_w - pad, :]
 
 
 def _pooled_kernel(kernel, pool: int):
@@ -186,24 +223,15 @@ class ConvNetwork(AbstractRateNetwork, strict=True):
         full = jnp.broadcast_to(b, (h, w, c)) if self.layout == "NHWC" else jnp.broadcast_to(b[:, None, None], (c, h, w))
         return full.reshape(-1)
 
-    def _dims(self, transpose: bool = False):
-        return (self.layout, "HWOI" if transpose else "HWIO", self.layout)
-
     def _forward(self, rates, l: int, kernel):
         """`F_l`: layer `l−1`'s rates (flat) → layer `l`'s drive (flat), `kernel` pooled already."""
-        p, pad = self.pool, self.padding
-        out = lax.conv_general_dilated(self._image(rates, l - 1), kernel, (p, p), [(pad, pad)] * 2,
-                                       dimension_numbers=self._dims())
-        return out.reshape(rates.shape[0], -1)
+        img = self._to_nhwc(self._image(rates, l - 1))
+        return self._flat(_convolve(img, kernel, self.pool, self.padding))
 
-    def _backward(self, rates, l: int, flipped):
-        """`F_{l+1}(·; G)ᵀ`: layer `l+1`'s rates (flat) → layer `l` (flat). `flipped` is the pooled
-        feedback kernel reversed in space; its I/O axes are swapped by the "HWOI" spec."""
-        p = self.pool
-        edge = flipped.shape[0] - 1 - self.padding
-        out = lax.conv_general_dilated(self._image(rates, l + 1), flipped, (1, 1), [(edge, edge)] * 2,
-                                       lhs_dilation=(p, p), dimension_numbers=self._dims(True))
-        return out.reshape(rates.shape[0], -1)
+    def _backward(self, rates, l: int, kernel):
+        """`F_{l+1}(·; G)ᵀ`: layer `l+1`'s rates (flat) → layer `l` (flat), `kernel` pooled already."""
+        img = self._to_nhwc(self._image(rates, l + 1))
+        return self._flat(_convolve_transpose(img, kernel, self.pool, self.padding))
 
     # -- smooth max pooling: stride-1 convolutions, routing weights read from the forward drive
 
@@ -218,10 +246,7 @@ class ConvNetwork(AbstractRateNetwork, strict=True):
     def _conv_full(self, rates, l: int, kernel):
         """Layer `l−1`'s rates (flat) convolved at stride 1 by `kernel`, as an NHWC image
         `(batch, H_c, W_c, C_l)` (before pooling)."""
-        pad = self.padding
-        out = lax.conv_general_dilated(self._image(rates, l - 1), kernel, (1, 1), [(pad, pad)] * 2,
-                                       dimension_numbers=self._dims())
-        return self._to_nhwc(out)
+        return _convolve(self._to_nhwc(self._image(rates, l - 1)), kernel, 1, self.padding)
 
     def _blocks(self, full):
         """An NHWC image `(n, p·h, p·w, c)` as its pooling blocks `(n, h, w, c, p·p)`."""
@@ -255,11 +280,8 @@ class ConvNetwork(AbstractRateNetwork, strict=True):
         forward drive's softmax weights, then the stride-1 transposed convolution by the feedback
         kernel (unpooled) → layer `l` (flat)."""
         r = self._to_nhwc(self._image(rates, l + 1))
-        up = self._from_nhwc(self._unblocks(r[..., None] * weights))
-        edge = kernel.shape[0] - 1 - self.padding
-        out = lax.conv_general_dilated(up, kernel[::-1, ::-1], (1, 1), [(edge, edge)] * 2,
-                                       dimension_numbers=self._dims(True))
-        return out.reshape(rates.shape[0], -1)
+        up = self._unblocks(r[..., None] * weights)
+        return self._flat(_convolve_transpose(up, kernel, 1, self.padding))
 
     # -- AbstractDynamics
 
@@ -268,16 +290,17 @@ class ConvNetwork(AbstractRateNetwork, strict=True):
 
     def drive(self, x):
         """`(F₁(ρ(x)) + b₁, b₂, …)` flat, and the kernels prepared once per phase: each conv
-        kernel smoothed by the pooling box, each feedback kernel too and reversed in space, the
+        kernel smoothed by the pooling box (average pooling), each feedback kernel too, the
         dense matrices transposed (row-major products in the loop)."""
         rho = get_activation(self.activation)
         n_conv = len(self.kernels)
         if self.pooling == "max":  # stride-1 kernels as they are; the routing comes per step
-            fwd, back = tuple(self.Wf[:n_conv]), tuple(self.Wb[: n_conv - 1])
+            fwd = tuple(self.Wf[:n_conv])
+            back = tuple(self.Wb[: n_conv - 1])
             first = self._max_forward(rho(x), 1, fwd[0])[0] + self._flat_bias(1)
         else:
             fwd = tuple(_pooled_kernel(k, self.pool) for k in self.Wf[:n_conv])
-            back = tuple(_pooled_kernel(g, self.pool)[::-1, ::-1] for g in self.Wb[: n_conv - 1])
+            back = tuple(_pooled_kernel(g, self.pool) for g in self.Wb[: n_conv - 1])
             first = self._forward(rho(x), 1, fwd[0]) + self._flat_bias(1)
         inputs = (first,) + tuple(self._flat_bias(l) for l in range(2, n_conv + 1)) + (self.b[-1],)
         return inputs, fwd, back, self.Wf[-1].T, self.Wb[-1].T
