@@ -20,8 +20,7 @@ clamped), convolutional layers `s₁ … s_C` (feature maps), and a dense output
 wherever `ρ` is, and the feedback a plain transposed convolution. Because average pooling after a
 stride-1 convolution is one stride-`p` convolution by the kernel smoothed with a `p×p` box (size
 `k + p − 1`), `F_l` is computed that way (about 4× fewer multiply-adds at `p = 2` than
-convolving then pooling); `B_l` is the matching stride-`p` transposed convolution (an
-`lhs_dilation`).
+convolving then pooling); `B_l` is the matching stride-`p` transposed convolution.
 
 `pooling="max"` is the max pooling of discrete-time convolutional EP (Ernoult et al. 2019,
 Laborieux et al. 2021), smoothed so that the dynamics keep their fixed points: each block's
