@@ -11,7 +11,7 @@ from jax import lax
 
 import ctgep
 from ctgep import gradients as G
-from ctgep._dynamics.conv import _pooled_kernel, conv_sizes
+from ctgep._dynamics.conv import _convolve, _convolve_transpose, _pooled_kernel, conv_sizes
 
 # 8×8 images, 3×3 kernels with padding 1, 2 then 3 maps, 2×2 average pooling: 8·8 → 4·4·2 → 2·2·3 → 3.
 TINY = dict(input_shape=(8, 8, 1), channels=(2, 3), kernels=(3, 3), n_out=3, padding=1)
@@ -53,6 +53,24 @@ def test_sizes_that_do_not_tile_are_refused():
         ctgep.ConvNetwork(**TINY, key=jr.PRNGKey(0), layout="NWHC")
     with pytest.raises(ValueError, match="feedback"):
         ctgep.ConvNetwork(**TINY, key=jr.PRNGKey(0), feedback="mirror")
+
+
+@pytest.mark.parametrize("stride,pad,k,side", [(1, 0, 3, 7), (2, 0, 4, 10), (2, 1, 3, 9), (3, 2, 5, 12)])
+def test_matrix_product_convolutions_are_xla_convolutions_and_adjoint(x64, stride, pad, k, side):
+    """`_convolve` (im2col) is XLA's convolution, and `_convolve_transpose` (col2im) its exact
+    adjoint in the image: <conv(x), y> = <x, convᵀ(y)>, also where a stride leaves rows over."""
+    x = jr.normal(jr.PRNGKey(0), (2, side, side, 3), jnp.float64)
+    kernel = jr.normal(jr.PRNGKey(1), (k, k, 3, 4), jnp.float64)
+    ref = lax.conv_general_dilated(x, kernel, (stride, stride), [(pad, pad)] * 2,
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    out = _convolve(x, kernel, stride, pad)
+    np.testing.assert_allclose(out, ref, atol=1e-12)
+    y = jr.normal(jr.PRNGKey(2), out.shape, jnp.float64)
+    back = _convolve_transpose(y, kernel, (side, side), stride, pad)
+    assert back.shape == x.shape
+    np.testing.assert_allclose(jnp.vdot(out, y), jnp.vdot(x, back), rtol=1e-12)
+    _, vjp = jax.vjp(lambda u: _convolve(u, kernel, stride, pad), x)
+    np.testing.assert_allclose(back, vjp(y)[0], atol=1e-12)
 
 
 def _pooled_reference(net, r, padding, pool, reduce):

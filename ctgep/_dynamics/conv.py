@@ -87,9 +87,9 @@ def _convolve(img, kernel, stride: int = 1, pad: int = 0):
     return jnp.concatenate(views, axis=-1) @ kernel.reshape(k * k * c_in, c_out)
 
 
-def _convolve_transpose(img, kernel, stride: int = 1, pad: int = 0):
+def _convolve_transpose(img, kernel, size: tuple[int, int], stride: int = 1, pad: int = 0):
     """The adjoint of :func:`_convolve` (same kernel, stride and padding) in its image: an NHWC
-    `(n, h, w, C_out)` → `(n, (h−1)·stride + k − 2·pad, …, C_in)`.
+    `(n, h, w, C_out)` → `(n, H, W, C_in)`, `size = (H, W)` the convolved image's side.
 
     One matrix product by the kernel's transposed matrix gives each position's `k×k×C_in`
     contribution, and the `k²` shifted copies are added at their places (col2im), without the
@@ -97,12 +97,13 @@ def _convolve_transpose(img, kernel, stride: int = 1, pad: int = 0):
     k, _, c_in, c_out = kernel.shape
     n, h, w, _ = img.shape
     cols = (img @ kernel.reshape(k * k * c_in, c_out).T).reshape(n, h, w, k, k, c_in)
-    size_h, size_w = stride * (h - 1) + k, stride * (w - 1) + k
-    out = jnp.zeros((n, size_h, size_w, c_in), img.dtype)
+    # the padded image; rows and columns a stride leaves over get nothing back
+    rows, columns = max(size[0] + 2 * pad, stride * (h - 1) + k), max(size[1] + 2 * pad, stride * (w - 1) + k)
+    out = jnp.zeros((n, rows, columns, c_in), img.dtype)
     for i in range(k):
         for j in range(k):
             out = out.at[:, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w - 1) + 1 : stride, :].add(cols[:, :, :, i, j, :])
-    return out[:, pad : size_h - pad, pad : size_w - pad, :]
+    return out[:, pad : pad + size[0], pad : pad + size[1], :]
 
 
 def _pooled_kernel(kernel, pool: int):
@@ -230,7 +231,7 @@ class ConvNetwork(AbstractRateNetwork, strict=True):
     def _backward(self, rates, l: int, kernel):
         """`F_{l+1}(·; G)ᵀ`: layer `l+1`'s rates (flat) → layer `l` (flat), `kernel` pooled already."""
         img = self._to_nhwc(self._image(rates, l + 1))
-        return self._flat(_convolve_transpose(img, kernel, self.pool, self.padding))
+        return self._flat(_convolve_transpose(img, kernel, self.maps[l][:2], self.pool, self.padding))
 
     # -- smooth max pooling: stride-1 convolutions, routing weights read from the forward drive
 
@@ -280,7 +281,7 @@ class ConvNetwork(AbstractRateNetwork, strict=True):
         kernel (unpooled) → layer `l` (flat)."""
         r = self._to_nhwc(self._image(rates, l + 1))
         up = self._unblocks(r[..., None] * weights)
-        return self._flat(_convolve_transpose(up, kernel, 1, self.padding))
+        return self._flat(_convolve_transpose(up, kernel, self.maps[l][:2], 1, self.padding))
 
     # -- AbstractDynamics
 

@@ -47,7 +47,10 @@ def lax_op(img, kernel, stride, pad, transposed):
 
 
 def library_op(img, kernel, stride, pad, transposed):
-    return (_convolve_transpose if transposed else _convolve)(img, kernel, stride, pad)
+    if not transposed:
+        return _convolve(img, kernel, stride, pad)
+    side = stride * (img.shape[1] - 1) + kernel.shape[0] - 2 * pad  # the map it came from
+    return _convolve_transpose(img, kernel, (side, side), stride, pad)
 
 
 def timed(op, img, kernel, args, repeats):
