@@ -31,9 +31,10 @@ transposed convolution by the untied `G_{l−1}`. The kernel stays untied; *wher
 goes is read from the forward response, as the switches of a max-pooling layer's backward
 pass are. With `G = K` and `ρ' = 1` the Jacobian is symmetric, as for average pooling. Hard
 switches (`τ = 0`) are refused: the feedback then jumps whenever a block's largest response
-changes, and on small networks with untied feedback the free phase mostly never settles (5 or 6 of 6
-random networks, by each of Euler, block Gauss–Seidel and Tsit5). The convolutions run at stride 1 and full resolution (several times
-the time per training step of the folded average pooling: studies/benchmarks/RESULTS.md).
+changes, and on small networks with untied feedback the free phase mostly never settles (5 or
+6 of 6 random networks, by each of Euler, block Gauss–Seidel and Tsit5). The convolutions run at
+stride 1 and full resolution (about 5× the time per training step of the folded average
+pooling: studies/benchmarks/RESULTS.md).
 
 Convolutions are matrix products of shifted views (im2col, :func:`_convolve`) and transposed
 convolutions the adjoint products added back in place (col2im, :func:`_convolve_transpose`):
@@ -102,7 +103,8 @@ def _convolve_transpose(img, kernel, size: tuple[int, int], stride: int = 1, pad
     out = jnp.zeros((n, rows, columns, c_in), img.dtype)
     for i in range(k):
         for j in range(k):
-            out = out.at[:, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w - 1) + 1 : stride, :].add(cols[:, :, :, i, j, :])
+            at_rows, at_columns = slice(i, i + stride * (h - 1) + 1, stride), slice(j, j + stride * (w - 1) + 1, stride)
+            out = out.at[:, at_rows, at_columns, :].add(cols[:, :, :, i, j, :])
     return out[:, pad : pad + size[0], pad : pad + size[1], :]
 
 
