@@ -73,6 +73,14 @@ def _glorot_kernel(key, shape, dtype):
     return jr.uniform(key, shape, dtype, -limit, limit)
 
 
+def _taps(k: int, stride: int, h: int, w: int):
+    """For each kernel tap `(i, j)` of a `k×k` kernel, the rows and columns of the padded image it
+    meets over an `h×w` output at `stride`: `(i, j, row slice, column slice)`."""
+    for i in range(k):
+        for j in range(k):
+            yield i, j, slice(i, i + stride * (h - 1) + 1, stride), slice(j, j + stride * (w - 1) + 1, stride)
+
+
 def _convolve(img, kernel, stride: int = 1, pad: int = 0):
     """An NHWC image `(n, H, W, C_in)` cross-correlated by an HWIO kernel `(k, k, C_in, C_out)`,
     zero padding `pad`, output stride `stride`.
@@ -83,8 +91,7 @@ def _convolve(img, kernel, stride: int = 1, pad: int = 0):
     k, _, c_in, c_out = kernel.shape
     img = jnp.pad(img, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     h, w = (img.shape[1] - k) // stride + 1, (img.shape[2] - k) // stride + 1
-    views = [img[:, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w - 1) + 1 : stride, :]
-             for i in range(k) for j in range(k)]
+    views = [img[:, rows, columns, :] for _, _, rows, columns in _taps(k, stride, h, w)]
     return jnp.concatenate(views, axis=-1) @ kernel.reshape(k * k * c_in, c_out)
 
 
@@ -99,12 +106,9 @@ def _convolve_transpose(img, kernel, size: tuple[int, int], stride: int = 1, pad
     n, h, w, _ = img.shape
     cols = (img @ kernel.reshape(k * k * c_in, c_out).T).reshape(n, h, w, k, k, c_in)
     # the padded image; rows and columns a stride leaves over get nothing back
-    rows, columns = max(size[0] + 2 * pad, stride * (h - 1) + k), max(size[1] + 2 * pad, stride * (w - 1) + k)
-    out = jnp.zeros((n, rows, columns, c_in), img.dtype)
-    for i in range(k):
-        for j in range(k):
-            at_rows, at_columns = slice(i, i + stride * (h - 1) + 1, stride), slice(j, j + stride * (w - 1) + 1, stride)
-            out = out.at[:, at_rows, at_columns, :].add(cols[:, :, :, i, j, :])
+    out = jnp.zeros((n, size[0] + 2 * pad, size[1] + 2 * pad, c_in), img.dtype)
+    for i, j, rows, columns in _taps(k, stride, h, w):
+        out = out.at[:, rows, columns, :].add(cols[:, :, :, i, j, :])
     return out[:, pad : pad + size[0], pad : pad + size[1], :]
 
 
